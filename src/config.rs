@@ -1,0 +1,163 @@
+//! Command-line and environment configuration: one clap `Config` per subcommand; every flag of
+//! `ufaas serve` is also read from a `UFAAS_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::spec::Policy;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ufaas",
+    version,
+    about = "A small, fast, single-binary FaaS and job runner on Docker"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP/WebSocket server.
+    Serve(ServeConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "UFAAS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// SQLite database file (created if missing).
+    #[arg(long, env = "UFAAS_DB", default_value = "./ufaas.db")]
+    pub db: PathBuf,
+    /// Tasks running at once.
+    #[arg(long, env = "UFAAS_MAX_CONCURRENT", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent: u32,
+    /// Waiting tasks (RECEIVED and PENDING) past which `POST /fn` answers 429.
+    #[arg(long, env = "UFAAS_MAX_QUEUE", default_value_t = 1000)]
+    pub max_queue: u32,
+    /// Seconds a kept container may stay idle before it is removed.
+    #[arg(long, env = "UFAAS_KEEP_ALIVE", default_value_t = 300)]
+    pub keep_alive: u64,
+    /// Default run limit of a task, in seconds, when its spec gives no `timeout`.
+    #[arg(long, env = "UFAAS_DEFAULT_TIMEOUT", default_value_t = 3600)]
+    pub default_timeout: u64,
+    /// Default maximum life of a container, in seconds, when the spec gives no `ttl`.
+    #[arg(long, env = "UFAAS_DEFAULT_TTL", default_value_t = 86400)]
+    pub default_ttl: u64,
+    /// Memory of a task's container when its spec sets none, in MiB.
+    #[arg(long, env = "UFAAS_DEFAULT_MEMORY_MB", default_value_t = 512)]
+    pub default_memory_mb: u64,
+    /// Highest `limits.memory_mb` a spec may ask for.
+    #[arg(long, env = "UFAAS_MAX_MEMORY_MB", default_value_t = 4096)]
+    pub max_memory_mb: u64,
+    /// CPUs of a task's container when its spec sets none.
+    #[arg(long, env = "UFAAS_DEFAULT_CPUS", default_value_t = 1.0)]
+    pub default_cpus: f64,
+    /// Highest `limits.cpus` a spec may ask for (default: the machine's cores).
+    #[arg(long, env = "UFAAS_MAX_CPUS")]
+    pub max_cpus: Option<f64>,
+    /// Process limit of a task's container when its spec sets none.
+    #[arg(long, env = "UFAAS_DEFAULT_PIDS", default_value_t = 256)]
+    pub default_pids: u64,
+    /// Highest `limits.pids` a spec may ask for.
+    #[arg(long, env = "UFAAS_MAX_PIDS", default_value_t = 4096)]
+    pub max_pids: u64,
+    /// Bytes of stdout, and of stderr, kept per task; the rest is dropped and
+    /// `output_truncated` set.
+    #[arg(long, env = "UFAAS_MAX_OUTPUT_BYTES", default_value_t = 1 << 20)]
+    pub max_output_bytes: usize,
+    /// Largest request body, in bytes (413 past it).
+    #[arg(long, env = "UFAAS_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_body_bytes: u64,
+    /// Decoded bytes of a task's inline resources (413 past it).
+    #[arg(long, env = "UFAAS_MAX_INLINE_BYTES", default_value_t = 32 << 20)]
+    pub max_inline_bytes: u64,
+    /// Bytes a `uri` resource may have when fetched.
+    #[arg(long, env = "UFAAS_MAX_FETCH_BYTES", default_value_t = 256 << 20)]
+    pub max_fetch_bytes: u64,
+    /// Seconds a `uri` resource's fetch may take.
+    #[arg(long, env = "UFAAS_FETCH_TIMEOUT", default_value_t = 60)]
+    pub fetch_timeout: u64,
+    /// Bytes an archive resource may unpack to.
+    #[arg(long, env = "UFAAS_MAX_EXTRACT_BYTES", default_value_t = 512 << 20)]
+    pub max_extract_bytes: u64,
+    /// Largest tmpfs `size` a spec may ask for, in bytes.
+    #[arg(long, env = "UFAAS_MAX_TMPFS_BYTES", default_value_t = 1 << 30)]
+    pub max_tmpfs_bytes: u64,
+    /// Let specs ask for `"network": true`.
+    #[arg(long, env = "UFAAS_ALLOW_NETWORK")]
+    pub allow_network: bool,
+    /// Host paths (and what is below them) that `bind` resources may mount; repeatable.
+    #[arg(long = "allow-bind", env = "UFAAS_ALLOW_BIND", value_delimiter = ',')]
+    pub allow_bind: Vec<PathBuf>,
+    /// Run Docker's init (tini) as each container's PID 1, so zombies are reaped.
+    #[arg(long, env = "UFAAS_INIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub init: bool,
+}
+
+impl ServeConfig {
+    /// A configuration with every default, for tests and embedders.
+    pub fn defaults() -> Self {
+        let cli = Cli::parse_from(["ufaas", "serve"]);
+        match cli.command {
+            Command::Serve(c) => c,
+        }
+    }
+
+    pub fn max_cpus(&self) -> f64 {
+        self.max_cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0)
+        })
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy {
+            max_memory_mb: self.max_memory_mb,
+            max_cpus: self.max_cpus(),
+            max_pids: self.max_pids,
+            allow_network: self.allow_network,
+            bind_allow: self.allow_bind.clone(),
+            max_inline_bytes: self.max_inline_bytes,
+            max_tmpfs_bytes: self.max_tmpfs_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = ServeConfig::defaults();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.db, PathBuf::from("./ufaas.db"));
+        assert_eq!(c.keep_alive, 300);
+        assert!(c.init);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::parse_from([
+            "ufaas",
+            "serve",
+            "--max-concurrent",
+            "1",
+            "--allow-bind",
+            "/a,/b",
+            "--init",
+            "false",
+        ]);
+        let Command::Serve(c) = cli.command;
+        assert_eq!(c.max_concurrent, 1);
+        assert_eq!(c.allow_bind.len(), 2);
+        assert!(!c.init);
+        assert!(Cli::try_parse_from(["ufaas", "serve", "--max-concurrent", "0"]).is_err());
+    }
+}

@@ -1,0 +1,391 @@
+//! The HTTP layer: one small function per route, state injected with `with_runner`, and one
+//! `recover` that turns every rejection into the JSON error body. Handlers only parse and hand
+//! a command to the runner; they answer their own errors (so warp never has to pick between
+//! rejections of routes that did not match).
+
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use warp::http::{header, StatusCode};
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use crate::error::ApiError;
+use crate::model::{TaskId, TaskState};
+use crate::runner::{DeleteOptions, Runner};
+use crate::store::ListFilter;
+
+/// Longest `?wait=` honoured, in seconds.
+pub const MAX_WAIT_SECONDS: f64 = 3600.0;
+
+type Query = Vec<(String, String)>;
+
+pub fn routes(
+    runner: Arc<Runner>,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let limit = runner.max_body_bytes();
+    let with_runner = warp::any().map(move || runner.clone());
+    let query = warp::query::<Query>();
+    let body = warp::body::content_length_limit(limit).and(warp::body::bytes());
+
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &json!({"status": "alive"})));
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_runner.clone())
+        .then(readyz);
+    let list = warp::path!("fn")
+        .and(warp::get())
+        .and(with_runner.clone())
+        .and(query)
+        .then(list_tasks);
+    let create = warp::path!("fn")
+        .and(warp::post())
+        .and(with_runner.clone())
+        .and(query)
+        .and(body)
+        .then(create_task);
+    let get = warp::path!("fn" / String)
+        .and(warp::get())
+        .and(with_runner.clone())
+        .then(get_task);
+    let reuse = warp::path!("fn" / String)
+        .and(warp::post())
+        .and(with_runner.clone())
+        .and(query)
+        .and(body)
+        .then(reuse_task);
+    let update = warp::path!("fn" / String)
+        .and(warp::put())
+        .and(with_runner.clone())
+        .and(warp::header::optional::<String>("content-type"))
+        .and(body)
+        .then(update_task);
+    let delete = warp::path!("fn" / String)
+        .and(warp::delete())
+        .and(with_runner)
+        .and(query)
+        .then(delete_task);
+
+    healthz
+        .or(readyz)
+        .unify()
+        .or(list)
+        .unify()
+        .or(create)
+        .unify()
+        .or(get)
+        .unify()
+        .or(reuse)
+        .unify()
+        .or(update)
+        .unify()
+        .or(delete)
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(warp::trace::request())
+}
+
+fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+fn error_reply(e: ApiError) -> Response {
+    json_reply(e.status_code(), &e)
+}
+
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(error_reply)
+}
+
+fn with_location(mut resp: Response, id: TaskId) -> Response {
+    if let Ok(v) = header::HeaderValue::from_str(&format!("/fn/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
+    TaskId::from_str(raw).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_id",
+            "id",
+            format!("`{raw}` is not a task id (a UUID)"),
+        )
+    })
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            400,
+            "invalid_json",
+            "the request body is empty; send a JSON task spec",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+fn query_get<'a>(q: &'a Query, key: &str) -> Option<&'a str> {
+    q.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn query_bool(q: &Query, key: &str) -> Result<bool, ApiError> {
+    match query_get(q, key) {
+        None => Ok(false),
+        Some("" | "true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_query",
+            key,
+            format!("`{key}` must be true or false, not `{other}`"),
+        )),
+    }
+}
+
+fn query_wait(q: &Query) -> Result<Option<Duration>, ApiError> {
+    match query_get(q, "wait") {
+        None => Ok(None),
+        Some(raw) => match raw.parse::<f64>() {
+            Ok(s) if (0.0..=MAX_WAIT_SECONDS).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+            _ => Err(ApiError::bad_request(
+                "invalid_query",
+                "wait",
+                format!("`wait` must be a number of seconds from 0 to {MAX_WAIT_SECONDS}"),
+            )),
+        },
+    }
+}
+
+/// GET /readyz: 200 when Docker and the database both answer, else 503 naming the one that
+/// does not.
+async fn readyz(runner: Arc<Runner>) -> Response {
+    if let Err(e) = runner.store().ping().await {
+        return error_reply(ApiError::unavailable(
+            "database_unavailable",
+            format!("the database does not answer: {e}"),
+        ));
+    }
+    if let Err(e) = runner.engine().ping().await {
+        return error_reply(ApiError::unavailable("docker_unavailable", e.to_string()));
+    }
+    json_reply(
+        StatusCode::OK,
+        &json!({"status": "ready", "docker": "ok", "database": "ok"}),
+    )
+}
+
+/// GET /fn?state=&name=&limit=&before=
+async fn list_tasks(runner: Arc<Runner>, q: Query) -> Response {
+    respond(
+        async {
+            let mut filter = ListFilter {
+                limit: 100,
+                ..ListFilter::default()
+            };
+            for (key, value) in &q {
+                match key.as_str() {
+                    "state" => {
+                        for part in value.split(',').filter(|p| !p.trim().is_empty()) {
+                            let st = TaskState::from_str(part)
+                                .map_err(|e| ApiError::bad_request("invalid_query", "state", e))?;
+                            filter.states.push(st);
+                        }
+                    }
+                    "name" => filter.name = Some(value.replace(' ', "_")),
+                    "limit" => {
+                        filter.limit = match value.parse::<u32>() {
+                            Ok(n) if (1..=1000).contains(&n) => n,
+                            _ => {
+                                return Err(ApiError::bad_request(
+                                    "invalid_query",
+                                    "limit",
+                                    "`limit` must be a whole number from 1 to 1000",
+                                ))
+                            }
+                        }
+                    }
+                    "before" => {
+                        let id = TaskId::from_str(value).map_err(|_| {
+                            ApiError::bad_request(
+                                "invalid_query",
+                                "before",
+                                "`before` must be a task id",
+                            )
+                        })?;
+                        if !runner.store().exists(id).await? {
+                            return Err(ApiError::bad_request(
+                                "invalid_query",
+                                "before",
+                                format!("no task {id} to page from"),
+                            ));
+                        }
+                        filter.before = Some(id);
+                    }
+                    _ => {}
+                }
+            }
+            let (tasks, next) = runner.store().list(&filter).await?;
+            Ok(json_reply(
+                StatusCode::OK,
+                &json!({"tasks": tasks, "next": next}),
+            ))
+        }
+        .await,
+    )
+}
+
+/// POST /fn[?wait=SECONDS]
+async fn create_task(runner: Arc<Runner>, q: Query, body: Bytes) -> Response {
+    respond(submit(runner, q, body, None).await)
+}
+
+/// POST /fn/{id}: a task that runs in the container of task `id`.
+async fn reuse_task(raw_id: String, runner: Arc<Runner>, q: Query, body: Bytes) -> Response {
+    respond(
+        async {
+            let id = parse_id(&raw_id)?;
+            submit(runner, q, body, Some(id)).await
+        }
+        .await,
+    )
+}
+
+async fn submit(
+    runner: Arc<Runner>,
+    q: Query,
+    body: Bytes,
+    reuse_of: Option<TaskId>,
+) -> Result<Response, ApiError> {
+    let wait = query_wait(&q)?;
+    let spec = parse_json(&body)?;
+    let events = runner.store().events().subscribe();
+    let record = runner.submit(spec, reuse_of).await?;
+    let id = record.id;
+    let Some(wait) = wait else {
+        return Ok(with_location(json_reply(StatusCode::CREATED, &record), id));
+    };
+    match runner.wait_ended(events, id, wait).await? {
+        Some(done) => Ok(with_location(json_reply(StatusCode::OK, &done), id)),
+        None => {
+            let now = runner.store().get(id).await?.unwrap_or(record);
+            Ok(with_location(json_reply(StatusCode::ACCEPTED, &now), id))
+        }
+    }
+}
+
+/// GET /fn/{id}
+async fn get_task(raw_id: String, runner: Arc<Runner>) -> Response {
+    respond(
+        async {
+            let id = parse_id(&raw_id)?;
+            match runner.store().get(id).await? {
+                Some(r) => Ok(json_reply(StatusCode::OK, &r)),
+                None => Err(ApiError::not_found(format!("no task {id}"))),
+            }
+        }
+        .await,
+    )
+}
+
+/// PUT /fn/{id}: replace the spec of a task that has not started, or merge into it with
+/// `Content-Type: application/merge-patch+json`.
+async fn update_task(
+    raw_id: String,
+    runner: Arc<Runner>,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Response {
+    respond(
+        async {
+            let id = parse_id(&raw_id)?;
+            let merge = content_type.as_deref().is_some_and(|ct| {
+                ct.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("application/merge-patch+json")
+            });
+            let patch = parse_json(&body)?;
+            if merge && !patch.is_object() {
+                return Err(ApiError::new(
+                    400,
+                    "invalid_type",
+                    "a merge-patch must be a JSON object",
+                ));
+            }
+            let record = runner.update(id, patch, merge).await?;
+            Ok(json_reply(StatusCode::OK, &record))
+        }
+        .await,
+    )
+}
+
+/// DELETE /fn/{id}[?remove_container=true][&purge=true]
+async fn delete_task(raw_id: String, runner: Arc<Runner>, q: Query) -> Response {
+    respond(
+        async {
+            let id = parse_id(&raw_id)?;
+            let opts = DeleteOptions {
+                remove_container: query_bool(&q, "remove_container")?,
+                purge: query_bool(&q, "purge")?,
+            };
+            let record = runner.delete(id, opts).await?;
+            Ok(json_reply(StatusCode::OK, &record))
+        }
+        .await,
+    )
+}
+
+/// Turns warp's own rejections (no route, wrong method, body too large …) into the JSON
+/// error body.
+async fn recover(rej: Rejection) -> Result<Response, Infallible> {
+    let e = if rej.is_not_found() {
+        ApiError::new(404, "not_found", "no such route")
+    } else if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(
+            413,
+            "payload_too_large",
+            "the request body is larger than the server accepts",
+        )
+    } else if rej.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::new(
+            411,
+            "length_required",
+            "send a Content-Length header with the body",
+        )
+    } else if let Some(q) = rej.find::<warp::reject::InvalidQuery>() {
+        ApiError::new(
+            400,
+            "invalid_query",
+            format!("the query string is malformed: {q}"),
+        )
+    } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(
+            405,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
+    } else if let Some(h) = rej.find::<warp::reject::InvalidHeader>() {
+        ApiError::new(400, "invalid_header", h.to_string())
+    } else if rej.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        ApiError::new(415, "unsupported_media_type", "unsupported content type")
+    } else {
+        tracing::warn!(rejection = ?rej, "unhandled rejection");
+        ApiError::internal(format!("unhandled: {rej:?}"))
+    };
+    Ok(error_reply(e))
+}

@@ -1,0 +1,52 @@
+//! ufaas: a small, fast, single-binary FaaS and job runner. Tasks are JSON specs run in Docker
+//! containers and tracked in SQLite; see `API.md` for the contract and README.rst for use.
+//!
+//! [`serve`] is the whole server as a library function: it takes a bound listener and a
+//! shutdown future, so tests start it on port 0.
+
+pub mod config;
+pub mod docker;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod model;
+pub mod resources;
+pub mod runner;
+pub mod spec;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use config::ServeConfig;
+use docker::Engine;
+use events::Events;
+use runner::Runner;
+use store::Store;
+
+/// Runs the server on `listener` until `shutdown` completes, then ends running tasks and
+/// removes every container it made.
+pub async fn serve(
+    cfg: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let events = Events::new(4096);
+    let store = Store::open(&cfg.db, events).await?;
+    let instance = store.instance_id().await?;
+    let engine = Arc::new(Engine::new()?);
+    if let Err(e) = engine.ping().await {
+        tracing::warn!(error = %e, "Docker does not answer yet; /readyz says 503 until it does");
+    }
+    let runner = Runner::new(store, engine, cfg, instance);
+    runner.start().await?;
+    tracing::info!(addr = %listener.local_addr()?, "ufaas listening");
+    let server = warp::serve(http::routes(runner.clone()))
+        .serve_incoming_with_graceful_shutdown(TcpListenerStream::new(listener), shutdown);
+    server.await;
+    runner.shutdown().await;
+    Ok(())
+}

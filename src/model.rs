@@ -1,0 +1,192 @@
+//! Typed identifiers and state enums shared by the store, the runner and the HTTP layer.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A task's identity: a UUID, printed in its hyphenated lower-case form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub Uuid);
+
+impl TaskId {
+    pub fn new() -> Self {
+        TaskId(Uuid::new_v4())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(TaskId)
+    }
+}
+
+/// The lifecycle of a task (API.md section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskState {
+    Received,
+    Pending,
+    Starting,
+    Running,
+    Finished,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Received,
+        TaskState::Pending,
+        TaskState::Starting,
+        TaskState::Running,
+        TaskState::Finished,
+        TaskState::Failed,
+        TaskState::Cancelled,
+        TaskState::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Received => "RECEIVED",
+            TaskState::Pending => "PENDING",
+            TaskState::Starting => "STARTING",
+            TaskState::Running => "RUNNING",
+            TaskState::Finished => "FINISHED",
+            TaskState::Failed => "FAILED",
+            TaskState::Cancelled => "CANCELLED",
+            TaskState::Expired => "EXPIRED",
+        }
+    }
+
+    /// Terminal states never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Finished | TaskState::Failed | TaskState::Cancelled | TaskState::Expired
+        )
+    }
+
+    /// A task that has not started may still be updated or cancelled without killing anything.
+    pub fn is_queued(self) -> bool {
+        matches!(self, TaskState::Received | TaskState::Pending)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskState::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown state `{s}`"))
+    }
+}
+
+/// The state of the container a task runs in, reported beside the task's own state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    Building,
+    Ready,
+    Removed,
+}
+
+impl ContainerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Building => "building",
+            ContainerState::Ready => "ready",
+            ContainerState::Removed => "removed",
+        }
+    }
+}
+
+impl FromStr for ContainerState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "building" => Ok(ContainerState::Building),
+            "ready" => Ok(ContainerState::Ready),
+            "removed" => Ok(ContainerState::Removed),
+            other => Err(format!("unknown container state `{other}`")),
+        }
+    }
+}
+
+/// Whether a task that asked for another task's container got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Locality {
+    Hit,
+    Miss,
+}
+
+impl Locality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Locality::Hit => "hit",
+            Locality::Miss => "miss",
+        }
+    }
+}
+
+/// Current time in the API's timestamp form: RFC 3339, UTC, milliseconds.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_is_case_insensitive() {
+        for st in TaskState::ALL {
+            assert_eq!(st.as_str().parse::<TaskState>(), Ok(st));
+        }
+        assert_eq!("running".parse::<TaskState>(), Ok(TaskState::Running));
+        assert!("DONE".parse::<TaskState>().is_err());
+    }
+
+    #[test]
+    fn terminal_and_queued_are_disjoint() {
+        for st in TaskState::ALL {
+            assert!(!(st.is_terminal() && st.is_queued()), "{st}");
+        }
+        assert!(TaskState::Expired.is_terminal());
+        assert!(TaskState::Pending.is_queued());
+        assert!(!TaskState::Starting.is_queued());
+    }
+
+    #[test]
+    fn task_id_parses_and_prints() {
+        let id = TaskId::new();
+        assert_eq!(id.to_string().parse::<TaskId>().ok(), Some(id));
+        assert!("not-a-uuid".parse::<TaskId>().is_err());
+    }
+}

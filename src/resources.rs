@@ -1,0 +1,544 @@
+//! Turns a task's file resources into one uncompressed tar that Docker unpacks at `/` of the
+//! container in a single upload: inline files, fetched URLs (size-capped, time-limited,
+//! sha256-checked) and archives unpacked (tar, tar.gz, zip) with every entry path checked.
+//! Mount resources (tmpfs, bind) become container options instead.
+
+use std::collections::HashMap;
+use std::io::{Cursor, Read};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::spec::{resolve_dest, Resource, Source, TaskSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    #[error("resource_list[{index}]: fetching {uri} failed: {reason}")]
+    Fetch {
+        index: usize,
+        uri: String,
+        reason: String,
+    },
+    #[error("resource_list[{index}]: {uri} is larger than the server's limit of {limit} bytes")]
+    FetchTooLarge {
+        index: usize,
+        uri: String,
+        limit: u64,
+    },
+    #[error("resource_list[{index}]: sha256 of {uri} is {actual}, not the {expected} asked for")]
+    Checksum {
+        index: usize,
+        uri: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("resource_list[{index}]: archive: {reason}")]
+    Archive { index: usize, reason: String },
+    #[error("resource_list[{index}]: `dest` resolves to {path}, which is not allowed")]
+    Dest { index: usize, path: String },
+    #[error("building the upload failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchLimits {
+    pub max_fetch_bytes: u64,
+    pub max_extract_bytes: u64,
+}
+
+/// The upload and the mounts of one task.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Uncompressed tar to unpack at `/`; `None` when there is nothing to place.
+    pub tar: Option<Vec<u8>>,
+    pub tmpfs: HashMap<String, String>,
+    pub binds: Vec<String>,
+}
+
+/// A tar of absolute paths, written to unpack at `/`. Parents are not written as entries:
+/// Docker makes missing ones, and an entry for an existing directory (say `/tmp`) would reset
+/// its mode and owner.
+pub struct TarWriter {
+    builder: tar::Builder<Vec<u8>>,
+    entries: usize,
+}
+
+impl Default for TarWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TarWriter {
+    pub fn new() -> Self {
+        TarWriter {
+            builder: tar::Builder::new(Vec::new()),
+            entries: 0,
+        }
+    }
+
+    fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode & 0o7777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+        h
+    }
+
+    pub fn file(&mut self, abs_path: &str, data: &[u8], mode: u32) -> std::io::Result<()> {
+        let mut h = Self::header(tar::EntryType::Regular, data.len() as u64, mode);
+        self.builder
+            .append_data(&mut h, abs_path.trim_start_matches('/'), data)?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    pub fn dir(&mut self, abs_path: &str, mode: u32) -> std::io::Result<()> {
+        let mut h = Self::header(tar::EntryType::Directory, 0, mode);
+        let path = format!(
+            "{}/",
+            abs_path.trim_start_matches('/').trim_end_matches('/')
+        );
+        self.builder.append_data(&mut h, path, std::io::empty())?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    pub fn symlink(&mut self, abs_path: &str, target: &str) -> std::io::Result<()> {
+        let mut h = Self::header(tar::EntryType::Symlink, 0, 0o777);
+        self.builder
+            .append_link(&mut h, abs_path.trim_start_matches('/'), target)?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    pub fn finish(self) -> std::io::Result<Vec<u8>> {
+        self.builder.into_inner()
+    }
+}
+
+fn forbidden(path: &str) -> bool {
+    path == "/"
+        || ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|r| path == *r || path.starts_with(&format!("{r}/")))
+}
+
+/// Builds the upload for `spec`. `workdir` is where relative `dest`s resolve (the spec's
+/// `pwd`, else the image's WORKDIR); `extra` is placed first (the pause program of a new
+/// container).
+pub async fn prepare(
+    spec: &TaskSpec,
+    workdir: &str,
+    extra: &[(&str, &[u8], u32)],
+    http: &reqwest::Client,
+    limits: &FetchLimits,
+) -> Result<Prepared, ResourceError> {
+    let mut tar = TarWriter::new();
+    let mut out = Prepared::default();
+    for (path, data, mode) in extra {
+        tar.file(path, data, *mode)?;
+    }
+    for (index, res) in spec.resource_list.iter().enumerate() {
+        let resolve = |dest: &str| -> Result<String, ResourceError> {
+            match resolve_dest(workdir, dest) {
+                Some(p) if !forbidden(&p) || p == "/" => Ok(p),
+                other => Err(ResourceError::Dest {
+                    index,
+                    path: other.unwrap_or_else(|| dest.to_string()),
+                }),
+            }
+        };
+        match res {
+            Resource::Tmpfs { dest, size, mode } => {
+                let mut opts = Vec::new();
+                if let Some(s) = size {
+                    opts.push(format!("size={s}"));
+                }
+                if let Some(m) = mode {
+                    opts.push(format!("mode={m:o}"));
+                }
+                out.tmpfs.insert(resolve(dest)?, opts.join(","));
+            }
+            Resource::Bind {
+                dest,
+                host,
+                readonly,
+            } => {
+                let path = resolve(dest)?;
+                out.binds.push(if *readonly {
+                    format!("{host}:{path}:ro")
+                } else {
+                    format!("{host}:{path}")
+                });
+            }
+            Resource::File {
+                dest,
+                source,
+                mode,
+                extract,
+            } => {
+                let path = resolve(dest)?;
+                let fetched;
+                let bytes: &[u8] = match source {
+                    Source::Inline(b) => b,
+                    Source::Uri { uri, sha256 } => {
+                        fetched =
+                            fetch(index, uri, sha256.as_deref(), http, limits.max_fetch_bytes)
+                                .await?;
+                        &fetched
+                    }
+                };
+                if *extract {
+                    unpack(index, bytes, &path, &mut tar, limits.max_extract_bytes)?;
+                } else {
+                    if path == "/" {
+                        return Err(ResourceError::Dest { index, path });
+                    }
+                    tar.file(&path, bytes, mode.unwrap_or(0o644))?;
+                }
+            }
+        }
+    }
+    if !tar.is_empty() {
+        out.tar = Some(tar.finish()?);
+    }
+    Ok(out)
+}
+
+/// A client for `uri` resources: bounded redirects, a whole-request timeout.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(concat!("ufaas/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+async fn fetch(
+    index: usize,
+    uri: &str,
+    sha256: Option<&str>,
+    http: &reqwest::Client,
+    cap: u64,
+) -> Result<Vec<u8>, ResourceError> {
+    let fail = |reason: String| ResourceError::Fetch {
+        index,
+        uri: uri.to_string(),
+        reason,
+    };
+    let mut resp = http
+        .get(uri)
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(fail(format!("HTTP {}", resp.status())));
+    }
+    if resp.content_length().is_some_and(|n| n > cap) {
+        return Err(ResourceError::FetchTooLarge {
+            index,
+            uri: uri.to_string(),
+            limit: cap,
+        });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+        if body.len() as u64 + chunk.len() as u64 > cap {
+            return Err(ResourceError::FetchTooLarge {
+                index,
+                uri: uri.to_string(),
+                limit: cap,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if let Some(expected) = sha256 {
+        let actual = hex::encode(Sha256::digest(&body));
+        if actual != expected {
+            return Err(ResourceError::Checksum {
+                index,
+                uri: uri.to_string(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+    }
+    Ok(body)
+}
+
+/// Normalises an archive entry's path; `None` for an absolute path or one with `..`.
+fn entry_path(raw: &str) -> Option<String> {
+    if raw.starts_with('/') || raw.contains('\0') {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for p in raw.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => return None,
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// A link target is kept only when it stays inside the extracted tree.
+fn link_target_ok(entry: &str, target: &str) -> bool {
+    if target.starts_with('/') || target.is_empty() {
+        return false;
+    }
+    let mut depth: i64 = entry.split('/').count() as i64 - 1;
+    for p in target.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+/// Unpacks `bytes` (tar, tar.gz or zip, told apart by their magic numbers) under `dir`.
+pub fn unpack(
+    index: usize,
+    bytes: &[u8],
+    dir: &str,
+    out: &mut TarWriter,
+    max_bytes: u64,
+) -> Result<(), ResourceError> {
+    let err = |reason: String| ResourceError::Archive { index, reason };
+    let mut total: u64 = 0;
+    let mut add = |total_add: u64| -> Result<(), ResourceError> {
+        total += total_add;
+        if total > max_bytes {
+            return Err(ResourceError::Archive {
+                index,
+                reason: format!("unpacks to more than the server's limit of {max_bytes} bytes"),
+            });
+        }
+        Ok(())
+    };
+    let join = |rel: &str| {
+        if rel.is_empty() {
+            dir.to_string()
+        } else {
+            format!("{}/{}", dir.trim_end_matches('/'), rel)
+        }
+    };
+    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
+            .map_err(|e| err(format!("not a readable zip: {e}")))?;
+        for i in 0..zip.len() {
+            let mut entry = zip
+                .by_index(i)
+                .map_err(|e| err(format!("zip entry {i}: {e}")))?;
+            let name = entry.name().to_string();
+            let rel = entry_path(&name)
+                .ok_or_else(|| err(format!("entry `{name}` escapes the directory")))?;
+            let mode = entry
+                .unix_mode()
+                .unwrap_or(if entry.is_dir() { 0o755 } else { 0o644 });
+            if entry.is_dir() {
+                out.dir(&join(&rel), mode)?;
+                continue;
+            }
+            if mode & 0o170000 == 0o120000 {
+                return Err(err(format!(
+                    "entry `{name}` is a symbolic link, which zip resources do not support"
+                )));
+            }
+            let mut data = Vec::new();
+            (&mut entry)
+                .take(max_bytes + 1)
+                .read_to_end(&mut data)
+                .map_err(|e| err(format!("entry `{name}`: {e}")))?;
+            add(data.len() as u64)?;
+            out.file(&join(&rel), &data, mode)?;
+        }
+        return Ok(());
+    }
+    let reader: Box<dyn Read + '_> = if bytes.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(bytes))
+    } else {
+        Box::new(bytes)
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| err(format!("not a readable tar: {e}")))?;
+    let mut seen = 0usize;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| err(format!("not a readable tar: {e}")))?;
+        seen += 1;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let rel = entry_path(&name)
+            .ok_or_else(|| err(format!("entry `{name}` escapes the directory")))?;
+        let mode = entry.header().mode().unwrap_or(0o644);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => out.dir(&join(&rel), mode)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut data = Vec::new();
+                (&mut entry)
+                    .take(max_bytes + 1)
+                    .read_to_end(&mut data)
+                    .map_err(|e| err(format!("entry `{name}`: {e}")))?;
+                add(data.len() as u64)?;
+                out.file(&join(&rel), &data, mode)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if !link_target_ok(&rel, &target) {
+                    return Err(err(format!(
+                        "link `{name}` → `{target}` points outside the directory"
+                    )));
+                }
+                out.symlink(&join(&rel), &target)?;
+            }
+            tar::EntryType::Link => {
+                return Err(err(format!(
+                    "entry `{name}` is a hard link, which is not supported"
+                )));
+            }
+            // Devices, FIFOs and metadata entries (pax, GNU long names are handled by the
+            // reader) are skipped: nothing a task needs comes that way.
+            _ => {}
+        }
+    }
+    if seen == 0 && !bytes.is_empty() && bytes.iter().take(1024).any(|b| *b != 0) {
+        return Err(err("not a tar, tar.gz or zip archive".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_back(tar: Vec<u8>) -> Vec<(String, Vec<u8>)> {
+        let mut a = tar::Archive::new(Cursor::new(tar));
+        let mut out = Vec::new();
+        if let Ok(entries) = a.entries() {
+            for e in entries.flatten() {
+                let mut e = e;
+                let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+                let mut data = Vec::new();
+                let _ = e.read_to_end(&mut data);
+                out.push((name, data));
+            }
+        }
+        out
+    }
+
+    fn make_tar(entries: &[(&str, &[u8])], gz: bool) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            // set_path refuses `..`; write the raw name to build hostile archives too.
+            let raw = name.as_bytes();
+            h.as_old_mut().name[..raw.len()].copy_from_slice(raw);
+            h.set_cksum();
+            b.append(&h, *data).ok();
+        }
+        let tar = b.into_inner().unwrap_or_default();
+        if gz {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&tar).ok();
+            enc.finish().unwrap_or_default()
+        } else {
+            tar
+        }
+    }
+
+    #[test]
+    fn tar_and_tar_gz_unpack_under_dir() {
+        for gz in [false, true] {
+            let src = make_tar(&[("a.txt", b"A"), ("sub/b.txt", b"BB")], gz);
+            let mut w = TarWriter::new();
+            unpack(0, &src, "/work/in", &mut w, 1000).expect("unpacks");
+            let got = read_back(w.finish().unwrap_or_default());
+            assert_eq!(got[0], ("work/in/a.txt".to_string(), b"A".to_vec()));
+            assert_eq!(got[1], ("work/in/sub/b.txt".to_string(), b"BB".to_vec()));
+        }
+    }
+
+    #[test]
+    fn escaping_entries_are_refused() {
+        let src = make_tar(&[("../evil", b"x")], false);
+        let mut w = TarWriter::new();
+        assert!(unpack(0, &src, "/w", &mut w, 1000).is_err());
+    }
+
+    #[test]
+    fn size_cap_stops_unpacking() {
+        let big = vec![b'x'; 2000];
+        let src = make_tar(&[("big", &big)], true);
+        let mut w = TarWriter::new();
+        let e = unpack(0, &src, "/w", &mut w, 1000)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|m| m.contains("limit")));
+    }
+
+    #[test]
+    fn zip_unpacks() {
+        use std::io::Write;
+        let mut z = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+        z.start_file("run.sh", opts).ok();
+        z.write_all(b"echo hi").ok();
+        let bytes = z.finish().map(|c| c.into_inner()).unwrap_or_default();
+        let mut w = TarWriter::new();
+        unpack(0, &bytes, "/x", &mut w, 1000).expect("zip unpacks");
+        let got = read_back(w.finish().unwrap_or_default());
+        assert_eq!(got, vec![("x/run.sh".to_string(), b"echo hi".to_vec())]);
+    }
+
+    #[test]
+    fn garbage_is_not_an_archive() {
+        let mut w = TarWriter::new();
+        assert!(unpack(
+            0,
+            b"hello, this is not an archive at all",
+            "/x",
+            &mut w,
+            1000
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn link_targets_must_stay_inside() {
+        assert!(link_target_ok("a/b", "c"));
+        assert!(link_target_ok("a/b", "../c"));
+        assert!(!link_target_ok("a/b", "../../c"));
+        assert!(!link_target_ok("a", "/etc/passwd"));
+    }
+}

@@ -1,0 +1,386 @@
+//! Running one claimed task: find or make its container, place its files, run its command as
+//! an exec, and record how it ended. Timeout, ttl and cancel all end the run by killing the
+//! container, which is the one way to stop an exec'd process tree for sure.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::keep::Kept;
+use super::{terminal_for_exit, Runner};
+use crate::docker::{
+    pause_program, ContainerSpec, ExecRequest, ExecResult, LABEL_INSTANCE, LABEL_TASK, PAUSE_PATH,
+};
+use crate::model::{ContainerState, Locality, TaskId, TaskState};
+use crate::resources::{self, FetchLimits};
+use crate::spec::{self, ParseContext, TaskSpec};
+use crate::store::{Outcome, TaskRecord};
+
+/// Why a run stopped early.
+enum Stop {
+    Cancelled,
+    Shutdown,
+    Timeout(u64),
+    Ttl(u64),
+}
+
+/// The container a task runs in.
+struct Placement {
+    container: String,
+    /// Whether it outlives the task.
+    keep: bool,
+    /// When the container's life (`ttl`) ends.
+    expires_at: Instant,
+    ttl: u64,
+}
+
+impl Runner {
+    pub(super) async fn execute(&self, task: TaskRecord, cancel: CancellationToken) {
+        let id = task.id;
+        let (state, outcome, container_state) = match self.run(&task, &cancel).await {
+            Ok(done) => done,
+            Err(message) => {
+                let stop_state = if cancel.is_cancelled() && !self.shutdown.is_cancelled() {
+                    TaskState::Cancelled
+                } else {
+                    TaskState::Failed
+                };
+                self.cleanup_task_containers(id).await;
+                let outcome = Outcome {
+                    error: Some(message),
+                    ..Outcome::default()
+                };
+                (stop_state, outcome, Some(ContainerState::Removed))
+            }
+        };
+        let container_state = if task_has_no_container(&self.store, id).await {
+            None
+        } else {
+            container_state
+        };
+        match self
+            .store
+            .finish(id, state, &outcome, container_state)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => tracing::error!(task = %id, error = %e, "could not record the end of a task"),
+        }
+    }
+
+    /// Removes any container labelled with this task: one whose creation was interrupted
+    /// leaves no id behind, but it carries the label.
+    async fn cleanup_task_containers(&self, id: TaskId) {
+        if let Ok(ids) = self.engine.list_labelled(LABEL_TASK, &id.to_string()).await {
+            for c in ids {
+                if !self.kept.contains(&c) {
+                    let _ = self.engine.remove(&c).await;
+                }
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        task: &TaskRecord,
+        cancel: &CancellationToken,
+    ) -> Result<(TaskState, Outcome, Option<ContainerState>), String> {
+        let reuse_image = task.reused_container_of.map(|_| task.image.as_str());
+        let spec = spec::parse(
+            task.spec.clone(),
+            &self.policy,
+            ParseContext { reuse_image },
+        )
+        .map_err(|e| {
+            format!(
+                "the stored spec is no longer valid on this server: {}",
+                e.message
+            )
+        })?;
+
+        let placement = tokio::select! {
+            p = self.place(task, &spec) => p?,
+            _ = cancel.cancelled() => return Err(self.stop_message(cancel)),
+        };
+        let cid = placement.container.clone();
+
+        let started = Instant::now();
+        self.store
+            .mark_running(task.id)
+            .await
+            .map_err(|e| format!("could not record RUNNING: {e}"))?;
+
+        let timeout = spec.timeout.unwrap_or(self.cfg.default_timeout);
+        let run_deadline = started + Duration::from_secs(timeout);
+        let (deadline, by_ttl) = if placement.expires_at < run_deadline {
+            (placement.expires_at, true)
+        } else {
+            (run_deadline, false)
+        };
+        let req = ExecRequest {
+            cmd: spec.cmd_list.clone(),
+            env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            working_dir: spec.pwd.clone(),
+            stdin: spec.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
+        };
+        let no_output = |_: crate::docker::Stream, _: &[u8]| {};
+        let exec = self
+            .engine
+            .exec(&cid, &req, self.cfg.max_output_bytes, &no_output);
+        tokio::pin!(exec);
+        let mut stop = None;
+        let result = tokio::select! {
+            r = &mut exec => r,
+            _ = tokio::time::sleep_until(deadline) => {
+                stop = Some(if by_ttl { Stop::Ttl(placement.ttl) } else { Stop::Timeout(timeout) });
+                self.kill_and_collect(&cid, exec).await
+            }
+            _ = cancel.cancelled() => {
+                stop = Some(if self.shutdown.is_cancelled() { Stop::Shutdown } else { Stop::Cancelled });
+                self.kill_and_collect(&cid, exec).await
+            }
+        };
+
+        let mut outcome = Outcome::default();
+        let mut exec_failed = None;
+        match result {
+            Ok(r) => fill_output(&mut outcome, r),
+            Err(e) => exec_failed = Some(e.to_string()),
+        }
+        // A killed container cannot be reused; anything not kept goes now.
+        let keep = placement.keep && stop.is_none();
+        if placement.keep {
+            self.kept.release(&cid);
+        }
+        let container_state = if keep {
+            ContainerState::Ready
+        } else {
+            self.drop_container(&cid).await;
+            ContainerState::Removed
+        };
+        let state = match stop {
+            Some(Stop::Cancelled) => {
+                outcome.error = Some("cancelled while running".into());
+                TaskState::Cancelled
+            }
+            Some(Stop::Shutdown) => {
+                outcome.error = Some("the server shut down while the task ran".into());
+                TaskState::Failed
+            }
+            Some(Stop::Timeout(s)) => {
+                outcome.error = Some(format!("timed out after {s} s"));
+                TaskState::Expired
+            }
+            Some(Stop::Ttl(s)) => {
+                outcome.error = Some(format!("the container's ttl of {s} s passed"));
+                TaskState::Expired
+            }
+            None => match exec_failed {
+                Some(e) => {
+                    outcome.error = Some(format!("running the command failed: {e}"));
+                    TaskState::Failed
+                }
+                None => {
+                    if outcome.exit_code.is_some_and(|c| c == 126 || c == 127)
+                        && outcome.stderr.is_empty()
+                    {
+                        // Docker reports "executable file not found" on the exec's stdout.
+                        outcome.error = Some(format!(
+                            "could not run `{}`: {}",
+                            spec.cmd_list[0],
+                            outcome.stdout.trim()
+                        ));
+                    }
+                    terminal_for_exit(outcome.exit_code)
+                }
+            },
+        };
+        Ok((state, outcome, Some(container_state)))
+    }
+
+    async fn kill_and_collect(
+        &self,
+        cid: &str,
+        exec: std::pin::Pin<
+            &mut impl std::future::Future<Output = Result<ExecResult, crate::docker::DockerError>>,
+        >,
+    ) -> Result<ExecResult, crate::docker::DockerError> {
+        if let Err(e) = self.engine.kill(cid).await {
+            tracing::warn!(container = %cid, error = %e, "kill failed; removing instead");
+            let _ = self.engine.remove(cid).await;
+        }
+        // The exec's stream ends with the container; keep what it printed until then.
+        match tokio::time::timeout(Duration::from_secs(10), exec).await {
+            Ok(r) => r,
+            Err(_) => Ok(ExecResult::default()),
+        }
+    }
+
+    fn stop_message(&self, cancel: &CancellationToken) -> String {
+        if self.shutdown.is_cancelled() {
+            "the server shut down before the task started".into()
+        } else if cancel.is_cancelled() {
+            "cancelled while starting".into()
+        } else {
+            "stopped".into()
+        }
+    }
+
+    /// Finds the container asked for (a hit) or makes a new one, and places the task's files.
+    async fn place(&self, task: &TaskRecord, spec: &TaskSpec) -> Result<Placement, String> {
+        let limits = FetchLimits {
+            max_fetch_bytes: self.cfg.max_fetch_bytes,
+            max_extract_bytes: self.cfg.max_extract_bytes,
+        };
+        let keep_default = |hit_or_miss: bool| {
+            spec.rm
+                .map(|rm| !rm)
+                .unwrap_or(hit_or_miss || spec.is_daemon)
+        };
+
+        if let Some(target) = task.reused_container_of {
+            if let Some((cid, kept)) = self.find_kept(target).await {
+                let workdir = spec.pwd.clone().unwrap_or_else(|| kept.workdir.clone());
+                let prepared = resources::prepare(spec, &workdir, &[], &self.http, &limits)
+                    .await
+                    .map_err(|e| {
+                        self.kept.release(&cid);
+                        e.to_string()
+                    })?;
+                self.store
+                    .set_container(task.id, &cid, ContainerState::Ready, Some(Locality::Hit))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(tar) = prepared.tar {
+                    if let Err(e) = self.engine.upload(&cid, tar).await {
+                        self.kept.release(&cid);
+                        return Err(format!("placing the resources failed: {e}"));
+                    }
+                }
+                return Ok(Placement {
+                    container: cid,
+                    keep: keep_default(true),
+                    expires_at: kept.expires_at,
+                    ttl: spec.ttl.unwrap_or(self.cfg.default_ttl),
+                });
+            }
+        }
+        let locality = task.reused_container_of.map(|_| Locality::Miss);
+
+        let image_workdir = self
+            .engine
+            .ensure_image(&spec.image)
+            .await
+            .map_err(|e| e.to_string())?;
+        let workdir = spec.pwd.clone().unwrap_or(image_workdir);
+        let pause = pause_program();
+        let extra: Vec<(&str, &[u8], u32)> = pause
+            .as_deref()
+            .map(|p| vec![(PAUSE_PATH, p, 0o755)])
+            .unwrap_or_default();
+        let prepared = resources::prepare(spec, &workdir, &extra, &self.http, &limits)
+            .await
+            .map_err(|e| e.to_string())?;
+
+        let memory_mb = spec.limits.memory_mb.unwrap_or(self.cfg.default_memory_mb);
+        let cpus = spec.limits.cpus.unwrap_or(self.cfg.default_cpus);
+        let pids = spec.limits.pids.unwrap_or(self.cfg.default_pids);
+        let mut labels = HashMap::new();
+        labels.insert(LABEL_INSTANCE.to_string(), self.instance.clone());
+        labels.insert(LABEL_TASK.to_string(), task.id.to_string());
+        let cspec = ContainerSpec {
+            image: spec.image.clone(),
+            labels,
+            working_dir: spec.pwd.clone(),
+            memory_bytes: (memory_mb as i64).saturating_mul(1 << 20),
+            nano_cpus: (cpus * 1e9) as i64,
+            pids: pids as i64,
+            tmpfs: prepared.tmpfs,
+            binds: prepared.binds,
+            network: spec.network,
+            init: self.cfg.init,
+        };
+        let ttl = spec.ttl.unwrap_or(self.cfg.default_ttl);
+        let expires_at = Instant::now() + Duration::from_secs(ttl);
+        let cid = self
+            .engine
+            .create(&cspec)
+            .await
+            .map_err(|e| format!("creating the container failed: {e}"))?;
+        let keep = keep_default(locality.is_some());
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} failed: {e}");
+        let setup = async {
+            self.store
+                .set_container(task.id, &cid, ContainerState::Building, locality)
+                .await
+                .map_err(|e| fail("recording the container", &e))?;
+            if let Some(tar) = prepared.tar {
+                self.engine
+                    .upload(&cid, tar)
+                    .await
+                    .map_err(|e| fail("placing the resources", &e))?;
+            }
+            self.engine
+                .start(&cid)
+                .await
+                .map_err(|e| fail("starting the container", &e))?;
+            self.store
+                .set_container(task.id, &cid, ContainerState::Ready, locality)
+                .await
+                .map_err(|e| fail("recording the container", &e))?;
+            Ok::<(), String>(())
+        };
+        if let Err(e) = setup.await {
+            let _ = self.engine.remove(&cid).await;
+            return Err(e);
+        }
+        if keep {
+            self.kept.insert(
+                cid.clone(),
+                Kept {
+                    image: spec.image.clone(),
+                    owner: task.id,
+                    workdir: workdir.clone(),
+                    expires_at,
+                    last_used: Instant::now(),
+                    busy: 1,
+                },
+            );
+        }
+        Ok(Placement {
+            container: cid,
+            keep,
+            expires_at,
+            ttl,
+        })
+    }
+
+    /// The kept, running container of task `target`, taken for one more task.
+    async fn find_kept(&self, target: TaskId) -> Option<(String, Kept)> {
+        let record = self.store.get(target).await.ok().flatten()?;
+        let cid = record.container?.id;
+        let kept = self.kept.acquire(&cid)?;
+        match self.engine.is_running(&cid).await {
+            Ok(true) => Some((cid, kept)),
+            _ => {
+                // Gone from under us (removed from outside, or died): forget it.
+                self.kept.release(&cid);
+                self.drop_container(&cid).await;
+                None
+            }
+        }
+    }
+}
+
+async fn task_has_no_container(store: &crate::store::Store, id: TaskId) -> bool {
+    matches!(store.get(id).await, Ok(Some(r)) if r.container.is_none())
+}
+
+fn fill_output(outcome: &mut Outcome, r: ExecResult) {
+    outcome.exit_code = r.exit_code;
+    outcome.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+    outcome.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+    outcome.output_truncated = r.truncated;
+}

@@ -1,0 +1,444 @@
+//! The engine behind the HTTP layer: takes commands (submit, update, cancel, remove, purge),
+//! keeps the queue (at most `--max-concurrent` running, higher priority first), runs each task
+//! in a container ([`execute`]) and keeps containers for reuse ([`keep`]).
+
+mod execute;
+pub mod keep;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{broadcast, Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServeConfig;
+use crate::docker::{Engine, LABEL_INSTANCE};
+use crate::error::ApiError;
+use crate::events::StateEvent;
+use crate::model::{ContainerState, TaskId, TaskState};
+use crate::spec::{self, ParseContext, Policy};
+use crate::store::{NewTask, Store, StoreError, TaskRecord, UpdateResult};
+
+use keep::KeptSet;
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::QueueFull(n) => ApiError::new(
+                429,
+                "queue_full",
+                format!("the queue is full ({n} tasks waiting); try again later"),
+            ),
+            other => {
+                tracing::error!(error = %other, "database error");
+                ApiError::unavailable("database_error", other.to_string())
+            }
+        }
+    }
+}
+
+/// A running task's handle: cancelling it kills the task's process.
+struct Running {
+    cancel: CancellationToken,
+}
+
+pub struct Runner {
+    store: Store,
+    engine: Arc<Engine>,
+    cfg: ServeConfig,
+    policy: Policy,
+    instance: String,
+    http: reqwest::Client,
+    wake: Notify,
+    /// Held while a task is claimed and registered, and while a cancel looks for it, so a
+    /// cancel never sees a STARTING task that has no handle yet.
+    claim_lock: tokio::sync::Mutex<()>,
+    running: Mutex<HashMap<TaskId, Running>>,
+    kept: KeptSet,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// What `DELETE /fn/{id}` may do beyond cancelling.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeleteOptions {
+    pub remove_container: bool,
+    pub purge: bool,
+}
+
+impl Runner {
+    pub fn new(
+        store: Store,
+        engine: Arc<Engine>,
+        cfg: ServeConfig,
+        instance: String,
+    ) -> Arc<Runner> {
+        Arc::new(Runner {
+            http: crate::resources::http_client(Duration::from_secs(cfg.fetch_timeout)),
+            policy: cfg.policy(),
+            store,
+            engine,
+            cfg,
+            instance,
+            wake: Notify::new(),
+            claim_lock: tokio::sync::Mutex::new(()),
+            running: Mutex::new(HashMap::new()),
+            kept: KeptSet::default(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn max_body_bytes(&self) -> u64 {
+        self.cfg.max_body_bytes
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cleans up after a previous run of this database, then starts the dispatcher and the
+    /// reaper.
+    pub async fn start(self: &Arc<Self>) -> Result<(), StoreError> {
+        match self
+            .engine
+            .list_labelled(LABEL_INSTANCE, &self.instance)
+            .await
+        {
+            Ok(leftovers) => {
+                for id in leftovers {
+                    if let Err(e) = self.engine.remove(&id).await {
+                        tracing::warn!(container = %id, error = %e, "could not remove a leftover container");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Docker does not answer at start; leftovers stay until it does")
+            }
+        }
+        let ended = self.store.recover().await?;
+        if ended > 0 {
+            tracing::warn!(
+                ended,
+                "tasks left running by a previous run were marked FAILED"
+            );
+        }
+        let me = self.clone();
+        self.tracker.spawn(async move { me.dispatch().await });
+        let me = self.clone();
+        self.tracker.spawn(async move { me.reap().await });
+        Ok(())
+    }
+
+    /// Stops taking work, ends running tasks (FAILED, "server shut down") and removes every
+    /// container this server made.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        for id in self.kept.drain() {
+            if let Err(e) = self.engine.remove(&id).await {
+                tracing::warn!(container = %id, error = %e, "could not remove a kept container");
+            }
+            let _ = self
+                .store
+                .set_container_state(&id, ContainerState::Removed)
+                .await;
+        }
+        if let Ok(left) = self
+            .engine
+            .list_labelled(LABEL_INSTANCE, &self.instance)
+            .await
+        {
+            for id in left {
+                let _ = self.engine.remove(&id).await;
+            }
+        }
+    }
+
+    /// `POST /fn` and `POST /fn/{reuse_of}`.
+    pub async fn submit(
+        &self,
+        body: Value,
+        reuse_of: Option<TaskId>,
+    ) -> Result<TaskRecord, ApiError> {
+        let reuse_image = match reuse_of {
+            Some(target) => Some(
+                self.store
+                    .get(target)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::not_found(format!("no task {target}")).with_field("id")
+                    })?
+                    .image,
+            ),
+            None => None,
+        };
+        let ctx = ParseContext {
+            reuse_image: reuse_image.as_deref(),
+        };
+        let spec = spec::parse(body, &self.policy, ctx)?;
+        let record = self
+            .store
+            .insert(
+                NewTask {
+                    id: TaskId::new(),
+                    task_name: &spec.task_name,
+                    image: &spec.image,
+                    priority: spec.priority,
+                    spec: &spec.raw,
+                    reuse_of,
+                },
+                self.cfg.max_queue,
+            )
+            .await?;
+        self.wake.notify_one();
+        Ok(record)
+    }
+
+    /// `PUT /fn/{id}`: replaces (or merge-patches) the spec of a task that has not started.
+    pub async fn update(
+        &self,
+        id: TaskId,
+        body: Value,
+        merge: bool,
+    ) -> Result<TaskRecord, ApiError> {
+        let policy = &self.policy;
+        let result = self
+            .store
+            .update_queued(id, |current| {
+                let raw = if merge {
+                    let mut t = current.spec.clone();
+                    spec::merge_patch(&mut t, &body);
+                    t
+                } else {
+                    body
+                };
+                let reuse_image = current.reused_container_of.map(|_| current.image.as_str());
+                let spec = spec::parse(raw, policy, ParseContext { reuse_image })?;
+                Ok::<_, ApiError>((spec.raw, spec.task_name, spec.image, spec.priority))
+            })
+            .await?;
+        match result {
+            UpdateResult::Updated(r) => {
+                // A new priority may change what runs next.
+                self.wake.notify_one();
+                Ok(r)
+            }
+            UpdateResult::NotFound => Err(ApiError::not_found(format!("no task {id}"))),
+            UpdateResult::Started(r) => Err(ApiError::conflict(
+                "already_started",
+                format!(
+                    "task {id} is {}: only a task that has not started can be updated",
+                    r.state
+                ),
+            )),
+            UpdateResult::Refused(e) => Err(e),
+        }
+    }
+
+    /// `DELETE /fn/{id}`.
+    pub async fn delete(&self, id: TaskId, opts: DeleteOptions) -> Result<TaskRecord, ApiError> {
+        let mut record = self
+            .cancel(id, !(opts.remove_container || opts.purge))
+            .await?;
+        if opts.remove_container || opts.purge {
+            if let Some(c) = record
+                .container
+                .as_ref()
+                .filter(|c| c.state != ContainerState::Removed)
+            {
+                let cid = c.id.clone();
+                self.kept.remove(&cid);
+                self.engine
+                    .remove(&cid)
+                    .await
+                    .map_err(|e| ApiError::unavailable("docker_unavailable", e.to_string()))?;
+                self.store
+                    .set_container_state(&cid, ContainerState::Removed)
+                    .await?;
+                record = self.store.get(id).await?.unwrap_or(record);
+            }
+        }
+        if opts.purge {
+            self.store.purge(id).await?;
+        }
+        Ok(record)
+    }
+
+    /// Cancels a queued or running task and returns its record once it has ended. An ended
+    /// task is a 409 when `refuse_ended`, else returned as it is.
+    async fn cancel(&self, id: TaskId, refuse_ended: bool) -> Result<TaskRecord, ApiError> {
+        let guard = self.claim_lock.lock().await;
+        if let Some(r) = self.store.cancel_queued(id).await? {
+            return Ok(r);
+        }
+        let record = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no task {id}")))?;
+        if record.state.is_terminal() {
+            if refuse_ended {
+                return Err(ApiError::conflict(
+                    "already_ended",
+                    format!(
+                        "task {id} already ended ({}); use ?remove_container=true or ?purge=true",
+                        record.state
+                    ),
+                ));
+            }
+            return Ok(record);
+        }
+        let events = self.store.events().subscribe();
+        let token = self.running().get(&id).map(|r| r.cancel.clone());
+        drop(guard);
+        match token {
+            Some(t) => t.cancel(),
+            // Claimed tasks always have a handle (claim_lock); none means it just ended.
+            None => return Ok(self.store.get(id).await?.unwrap_or(record)),
+        }
+        self.wait_ended(events, id, Duration::from_secs(60))
+            .await?
+            .ok_or_else(|| {
+                ApiError::unavailable("cancel_pending", format!("task {id} did not stop in time"))
+            })
+    }
+
+    /// Waits, up to `wait`, for task `id` to reach a terminal state; `events` must have been
+    /// subscribed before the caller last saw the task non-terminal, so the change is not missed.
+    pub async fn wait_ended(
+        &self,
+        mut events: broadcast::Receiver<Arc<StateEvent>>,
+        id: TaskId,
+        wait: Duration,
+    ) -> Result<Option<TaskRecord>, ApiError> {
+        let deadline = Instant::now() + wait;
+        // The task may have ended before we subscribed.
+        if let Some(r) = self.store.get(id).await?.filter(|r| r.state.is_terminal()) {
+            return Ok(Some(r));
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Err(_) => return Ok(None),
+                Ok(Ok(ev)) => {
+                    if ev.task_id == id && ev.state.is_terminal() {
+                        return Ok(Some(ev.task.clone()));
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    if let Some(r) = self.store.get(id).await?.filter(|r| r.state.is_terminal()) {
+                        return Ok(Some(r));
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(None),
+            }
+        }
+    }
+
+    /// Claims PENDING tasks while fewer than `--max-concurrent` run.
+    async fn dispatch(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(self.cfg.max_concurrent as usize));
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = self.shutdown.cancelled() => return,
+            };
+            let claimed = {
+                let _guard = self.claim_lock.lock().await;
+                match self.store.claim_next().await {
+                    Ok(Some(task)) => {
+                        let cancel = self.shutdown.child_token();
+                        self.running().insert(
+                            task.id,
+                            Running {
+                                cancel: cancel.clone(),
+                            },
+                        );
+                        Some((task, cancel))
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "claiming a task failed");
+                        None
+                    }
+                }
+            };
+            match claimed {
+                Some((task, cancel)) => {
+                    let me = self.clone();
+                    self.tracker.spawn(async move {
+                        let id = task.id;
+                        me.execute(task, cancel).await;
+                        me.running().remove(&id);
+                        drop(permit);
+                    });
+                }
+                None => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes kept containers idle past `--keep-alive` or past their `ttl`.
+    async fn reap(self: Arc<Self>) {
+        let keep_alive = Duration::from_secs(self.cfg.keep_alive);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            for id in self.kept.take_expired(Instant::now(), keep_alive) {
+                tracing::debug!(container = %id, "removing an idle or expired container");
+                self.drop_container(&id).await;
+            }
+        }
+    }
+
+    /// Removes a container and marks every task that used it.
+    async fn drop_container(&self, id: &str) {
+        self.kept.remove(id);
+        if let Err(e) = self.engine.remove(id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove a container");
+        }
+        if let Err(e) = self
+            .store
+            .set_container_state(id, ContainerState::Removed)
+            .await
+        {
+            tracing::warn!(container = %id, error = %e, "could not record a container's removal");
+        }
+    }
+
+    /// Containers kept for reuse right now.
+    pub fn kept_count(&self) -> usize {
+        self.kept.len()
+    }
+}
+
+/// Final states a task's run can end in, with the error it reports.
+pub(crate) fn terminal_for_exit(code: Option<i64>) -> TaskState {
+    if code == Some(0) {
+        TaskState::Finished
+    } else {
+        TaskState::Failed
+    }
+}

@@ -1,0 +1,597 @@
+//! All SQL lives here. SQLite in WAL mode; every write is a `BEGIN IMMEDIATE` transaction taken
+//! under one in-process lock, so writers never meet `SQLITE_BUSY` and events are published in
+//! the order of their `seq`. Each state change writes its event row in the same transaction.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use tokio::sync::Mutex;
+
+use crate::events::{Events, StateEvent};
+use crate::model::{now_rfc3339, ContainerState, Locality, TaskId, TaskState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the queue is full ({0} tasks waiting)")]
+    QueueFull(u32),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The task record of API.md section 2, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub task_name: String,
+    pub state: TaskState,
+    pub image: String,
+    pub priority: i64,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub output_truncated: bool,
+    pub error: Option<String>,
+    pub container: Option<ContainerRef>,
+    pub reused_container_of: Option<TaskId>,
+    pub locality: Option<Locality>,
+    pub spec: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerRef {
+    pub id: String,
+    pub state: ContainerState,
+}
+
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    id: String,
+    task_name: String,
+    state: String,
+    image: String,
+    priority: i64,
+    spec: String,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    exit_code: Option<i64>,
+    stdout: String,
+    stderr: String,
+    output_truncated: bool,
+    error: Option<String>,
+    container_id: Option<String>,
+    container_state: Option<String>,
+    reuse_of: Option<String>,
+    locality: Option<String>,
+}
+
+const COLUMNS: &str = "id, task_name, state, image, priority, spec, created_at, started_at, finished_at, \
+    exit_code, stdout, stderr, output_truncated, error, container_id, container_state, reuse_of, locality";
+
+impl TryFrom<TaskRow> for TaskRecord {
+    type Error = StoreError;
+    fn try_from(r: TaskRow) -> Result<Self, StoreError> {
+        let corrupt =
+            |what: &str, v: &str| StoreError::Corrupt(format!("{what} `{v}` of task {}", r.id));
+        let container = match (&r.container_id, &r.container_state) {
+            (Some(id), Some(st)) => Some(ContainerRef {
+                id: id.clone(),
+                state: ContainerState::from_str(st).map_err(|_| corrupt("container state", st))?,
+            }),
+            _ => None,
+        };
+        let locality = match r.locality.as_deref() {
+            None => None,
+            Some("hit") => Some(Locality::Hit),
+            Some("miss") => Some(Locality::Miss),
+            Some(other) => return Err(corrupt("locality", other)),
+        };
+        Ok(TaskRecord {
+            id: TaskId::from_str(&r.id).map_err(|_| corrupt("id", &r.id))?,
+            state: TaskState::from_str(&r.state).map_err(|_| corrupt("state", &r.state))?,
+            spec: serde_json::from_str(&r.spec).map_err(|_| corrupt("spec", &r.spec))?,
+            reused_container_of: match &r.reuse_of {
+                Some(s) => Some(TaskId::from_str(s).map_err(|_| corrupt("reuse_of", s))?),
+                None => None,
+            },
+            container,
+            locality,
+            task_name: r.task_name,
+            image: r.image,
+            priority: r.priority,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            exit_code: r.exit_code,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            output_truncated: r.output_truncated,
+            error: r.error,
+        })
+    }
+}
+
+/// A task to insert.
+pub struct NewTask<'a> {
+    pub id: TaskId,
+    pub task_name: &'a str,
+    pub image: &'a str,
+    pub priority: i64,
+    pub spec: &'a Value,
+    pub reuse_of: Option<TaskId>,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub output_truncated: bool,
+    pub error: Option<String>,
+}
+
+/// Filters of `GET /fn`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub states: Vec<TaskState>,
+    pub name: Option<String>,
+    pub limit: u32,
+    pub before: Option<TaskId>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    events: Events,
+    write: std::sync::Arc<Mutex<()>>,
+}
+
+type Tx<'a> = Transaction<'a, Sqlite>;
+
+impl Store {
+    /// Opens (creating if needed) the database and runs the embedded migrations.
+    pub async fn open(path: &Path, events: Events) -> Result<Store, StoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store {
+            pool,
+            events,
+            write: std::sync::Arc::new(Mutex::new(())),
+        })
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// This database's instance id, made on first use: it labels the containers this server
+    /// owns, so a restart finds its own and never touches another server's.
+    pub async fn instance_id(&self) -> Result<String, StoreError> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                sqlx::query("INSERT INTO meta (key, value) VALUES ('instance', ?)")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                id
+            }
+        };
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn fetch_in(tx: &mut Tx<'_>, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let row: Option<TaskRow> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        row.map(TaskRecord::try_from).transpose()
+    }
+
+    /// Writes the event row for a change made in `tx` and returns it for publishing after commit.
+    async fn event_in(
+        tx: &mut Tx<'_>,
+        id: &str,
+        state: TaskState,
+        at: &str,
+    ) -> Result<StateEvent, StoreError> {
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (task_id, state, at) VALUES (?, ?, ?) RETURNING seq",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(at)
+        .fetch_one(&mut **tx)
+        .await?;
+        let task = Self::fetch_in(tx, id).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("task {id} vanished inside its own transaction"))
+        })?;
+        Ok(StateEvent {
+            seq,
+            task_id: task.id,
+            state,
+            at: at.to_string(),
+            task,
+        })
+    }
+
+    async fn commit_and_publish(
+        &self,
+        tx: Tx<'_>,
+        events: Vec<StateEvent>,
+    ) -> Result<(), StoreError> {
+        tx.commit().await?;
+        for e in events {
+            self.events.publish(e);
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let row: Option<TaskRow> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?"))
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(TaskRecord::try_from).transpose()
+    }
+
+    /// Stores a new task as RECEIVED and queues it as PENDING, refusing it when `max_queue`
+    /// tasks already wait. Both changes and their events are one transaction: an accepted
+    /// task is on disk before the caller answers.
+    pub async fn insert(
+        &self,
+        task: NewTask<'_>,
+        max_queue: u32,
+    ) -> Result<TaskRecord, StoreError> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state IN ('RECEIVED', 'PENDING')")
+                .fetch_one(&mut *tx)
+                .await?;
+        if waiting >= i64::from(max_queue) {
+            return Err(StoreError::QueueFull(max_queue));
+        }
+        let id = task.id.to_string();
+        let now = now_rfc3339();
+        sqlx::query(
+            "INSERT INTO tasks (id, task_name, state, image, priority, spec, created_at, reuse_of) \
+             VALUES (?, ?, 'RECEIVED', ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(task.task_name)
+        .bind(task.image)
+        .bind(task.priority)
+        .bind(task.spec.to_string())
+        .bind(&now)
+        .bind(task.reuse_of.map(|r| r.to_string()))
+        .execute(&mut *tx)
+        .await?;
+        let received = Self::event_in(&mut tx, &id, TaskState::Received, &now).await?;
+        sqlx::query("UPDATE tasks SET state = 'PENDING' WHERE id = ?")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        let pending = Self::event_in(&mut tx, &id, TaskState::Pending, &now_rfc3339()).await?;
+        let record = pending.task.clone();
+        self.commit_and_publish(tx, vec![received, pending]).await?;
+        Ok(record)
+    }
+
+    /// Claims the next PENDING task (highest priority, then oldest) and marks it STARTING,
+    /// in one `UPDATE … RETURNING`.
+    pub async fn claim_next(&self) -> Result<Option<TaskRecord>, StoreError> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let id: Option<String> = sqlx::query_scalar(
+            "UPDATE tasks SET state = 'STARTING', container_state = NULL \
+             WHERE num = (SELECT num FROM tasks WHERE state = 'PENDING' ORDER BY priority DESC, num ASC LIMIT 1) \
+             RETURNING id",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let ev = Self::event_in(&mut tx, &id, TaskState::Starting, &now_rfc3339()).await?;
+        let record = ev.task.clone();
+        self.commit_and_publish(tx, vec![ev]).await?;
+        Ok(Some(record))
+    }
+
+    /// Records the container a task is in (no state change, so no event).
+    pub async fn set_container(
+        &self,
+        id: TaskId,
+        container_id: &str,
+        state: ContainerState,
+        locality: Option<Locality>,
+    ) -> Result<(), StoreError> {
+        let _w = self.write.lock().await;
+        sqlx::query(
+            "UPDATE tasks SET container_id = ?, container_state = ?, locality = ? WHERE id = ?",
+        )
+        .bind(container_id)
+        .bind(state.as_str())
+        .bind(locality.map(Locality::as_str))
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks every task that used `container_id` with the container's new state.
+    pub async fn set_container_state(
+        &self,
+        container_id: &str,
+        state: ContainerState,
+    ) -> Result<(), StoreError> {
+        let _w = self.write.lock().await;
+        sqlx::query("UPDATE tasks SET container_state = ? WHERE container_id = ?")
+            .bind(state.as_str())
+            .bind(container_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// STARTING → RUNNING.
+    pub async fn mark_running(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_rfc3339();
+        let done = sqlx::query("UPDATE tasks SET state = 'RUNNING', started_at = ? WHERE id = ? AND state = 'STARTING'")
+            .bind(&now)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let ev = Self::event_in(&mut tx, &id.to_string(), TaskState::Running, &now).await?;
+        let record = ev.task.clone();
+        self.commit_and_publish(tx, vec![ev]).await?;
+        Ok(Some(record))
+    }
+
+    /// Ends a task that is STARTING or RUNNING. Returns `None` if it had already ended.
+    pub async fn finish(
+        &self,
+        id: TaskId,
+        state: TaskState,
+        outcome: &Outcome,
+        container_state: Option<ContainerState>,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_rfc3339();
+        let done = sqlx::query(
+            "UPDATE tasks SET state = ?, finished_at = ?, exit_code = ?, stdout = ?, stderr = ?, \
+             output_truncated = ?, error = ?, container_state = COALESCE(?, container_state) \
+             WHERE id = ? AND state IN ('STARTING', 'RUNNING')",
+        )
+        .bind(state.as_str())
+        .bind(&now)
+        .bind(outcome.exit_code)
+        .bind(&outcome.stdout)
+        .bind(&outcome.stderr)
+        .bind(outcome.output_truncated)
+        .bind(&outcome.error)
+        .bind(container_state.map(ContainerState::as_str))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let ev = Self::event_in(&mut tx, &id.to_string(), state, &now).await?;
+        let record = ev.task.clone();
+        self.commit_and_publish(tx, vec![ev]).await?;
+        Ok(Some(record))
+    }
+
+    /// Cancels a task that has not started. `None` if it is not queued (or unknown).
+    pub async fn cancel_queued(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_rfc3339();
+        let done = sqlx::query(
+            "UPDATE tasks SET state = 'CANCELLED', finished_at = ? WHERE id = ? AND state IN ('RECEIVED', 'PENDING')",
+        )
+        .bind(&now)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let ev = Self::event_in(&mut tx, &id.to_string(), TaskState::Cancelled, &now).await?;
+        let record = ev.task.clone();
+        self.commit_and_publish(tx, vec![ev]).await?;
+        Ok(Some(record))
+    }
+
+    /// Replaces the spec of a task that has not started, reading the current spec and
+    /// writing the new one in one transaction. `update` gets the stored spec and returns the
+    /// new spec with its name, image and priority, or an error that aborts the change.
+    pub async fn update_queued<E, F>(
+        &self,
+        id: TaskId,
+        update: F,
+    ) -> Result<UpdateResult<E>, StoreError>
+    where
+        F: FnOnce(&TaskRecord) -> Result<(Value, String, String, i64), E>,
+    {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(current) = Self::fetch_in(&mut tx, &id.to_string()).await? else {
+            return Ok(UpdateResult::NotFound);
+        };
+        if !current.state.is_queued() {
+            return Ok(UpdateResult::Started(current));
+        }
+        let (spec, name, image, priority) = match update(&current) {
+            Ok(v) => v,
+            Err(e) => return Ok(UpdateResult::Refused(e)),
+        };
+        sqlx::query(
+            "UPDATE tasks SET spec = ?, task_name = ?, image = ?, priority = ? WHERE id = ?",
+        )
+        .bind(spec.to_string())
+        .bind(name)
+        .bind(image)
+        .bind(priority)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let record = Self::fetch_in(&mut tx, &id.to_string())
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("task {id} vanished inside its own transaction"))
+            })?;
+        tx.commit().await?;
+        Ok(UpdateResult::Updated(record))
+    }
+
+    /// Forgets an ended task. Its events stay in the log.
+    pub async fn purge(&self, id: TaskId) -> Result<bool, StoreError> {
+        let _w = self.write.lock().await;
+        let done = sqlx::query(
+            "DELETE FROM tasks WHERE id = ? AND state IN ('FINISHED', 'FAILED', 'CANCELLED', 'EXPIRED')",
+        )
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Tasks newest first, and the id to pass as `before` for the next page.
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<(Vec<TaskRecord>, Option<TaskId>), StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM tasks WHERE 1 = 1");
+        if !filter.states.is_empty() {
+            let marks = vec!["?"; filter.states.len()].join(", ");
+            sql.push_str(&format!(" AND state IN ({marks})"));
+        }
+        if filter.name.is_some() {
+            sql.push_str(" AND task_name = ?");
+        }
+        if filter.before.is_some() {
+            sql.push_str(" AND num < (SELECT num FROM tasks WHERE id = ?)");
+        }
+        sql.push_str(" ORDER BY num DESC LIMIT ?");
+        let mut q = sqlx::query_as::<_, TaskRow>(&sql);
+        for st in &filter.states {
+            q = q.bind(st.as_str());
+        }
+        if let Some(name) = &filter.name {
+            q = q.bind(name);
+        }
+        if let Some(before) = filter.before {
+            q = q.bind(before.to_string());
+        }
+        q = q.bind(i64::from(filter.limit) + 1);
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut tasks = rows
+            .into_iter()
+            .map(TaskRecord::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if tasks.len() > filter.limit as usize {
+            tasks.truncate(filter.limit as usize);
+            tasks.last().map(|t| t.id)
+        } else {
+            None
+        };
+        Ok((tasks, next))
+    }
+
+    pub async fn exists(&self, id: TaskId) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// At start: queue what was received, and end what a previous run left half-done (its
+    /// containers are gone by then). Returns how many tasks were ended.
+    pub async fn recover(&self) -> Result<u64, StoreError> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut events = Vec::new();
+        let received: Vec<String> = sqlx::query_scalar(
+            "UPDATE tasks SET state = 'PENDING' WHERE state = 'RECEIVED' RETURNING id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in received {
+            events.push(Self::event_in(&mut tx, &id, TaskState::Pending, &now_rfc3339()).await?);
+        }
+        let now = now_rfc3339();
+        let stale: Vec<String> = sqlx::query_scalar(
+            "UPDATE tasks SET state = 'FAILED', finished_at = ?, \
+             error = 'the server stopped while the task ran', \
+             container_state = CASE WHEN container_id IS NULL THEN NULL ELSE 'removed' END \
+             WHERE state IN ('STARTING', 'RUNNING') RETURNING id",
+        )
+        .bind(&now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ended = stale.len() as u64;
+        for id in stale {
+            events.push(Self::event_in(&mut tx, &id, TaskState::Failed, &now).await?);
+        }
+        sqlx::query("UPDATE tasks SET container_state = 'removed' WHERE container_state IN ('ready', 'building')")
+            .execute(&mut *tx)
+            .await?;
+        self.commit_and_publish(tx, events).await?;
+        Ok(ended)
+    }
+}
+
+pub enum UpdateResult<E> {
+    Updated(TaskRecord),
+    NotFound,
+    Started(TaskRecord),
+    Refused(E),
+}
