@@ -94,6 +94,10 @@ pub struct ServeConfig {
     /// Host paths (and what is below them) that `bind` resources may mount; repeatable.
     #[arg(long = "allow-bind", env = "UFAAS_ALLOW_BIND", value_delimiter = ',')]
     pub allow_bind: Vec<PathBuf>,
+    /// Docker engine to use: `unix:///path` or `tcp://host:port` (default: DOCKER_HOST, else
+    /// the local socket).
+    #[arg(long, env = "UFAAS_DOCKER_HOST")]
+    pub docker_host: Option<String>,
     /// Run Docker's init (tini) as each container's PID 1, so zombies are reaped.
     #[arg(long, env = "UFAAS_INIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub init: bool,

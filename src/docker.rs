@@ -102,18 +102,30 @@ pub struct ExecResult {
 }
 
 pub struct Engine {
-    base: Docker,
+    host: Option<String>,
     negotiated: RwLock<Option<Docker>>,
 }
 
 impl Engine {
-    /// Connects lazily: `DOCKER_HOST` or the local socket; nothing is sent yet.
-    pub fn new() -> Result<Engine, DockerError> {
-        let base = Docker::connect_with_local_defaults()?;
-        Ok(Engine {
-            base,
+    /// An engine at `host` (`unix:///path`, `tcp://…`), else `DOCKER_HOST` or the local
+    /// socket. Nothing is opened yet: the server starts (and `/readyz` says why it is not
+    /// ready) even when no engine is there.
+    pub fn new(host: Option<&str>) -> Engine {
+        Engine {
+            host: host.map(str::to_string),
             negotiated: RwLock::new(None),
-        })
+        }
+    }
+
+    fn connect(&self) -> Result<Docker, BollardError> {
+        const TIMEOUT_SECS: u64 = 120;
+        match self.host.as_deref() {
+            None => Docker::connect_with_local_defaults(),
+            Some(h) if h.starts_with("unix://") || h.starts_with('/') => {
+                Docker::connect_with_unix(h, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+            Some(h) => Docker::connect_with_http(h, TIMEOUT_SECS, bollard::API_DEFAULT_VERSION),
+        }
     }
 
     async fn client(&self) -> Result<Docker, DockerError> {
@@ -125,8 +137,8 @@ impl Engine {
             return Ok(c.clone());
         }
         let client = self
-            .base
-            .clone()
+            .connect()
+            .map_err(|e| DockerError::Unavailable(e.to_string()))?
             .negotiate_version()
             .await
             .map_err(|e| DockerError::Unavailable(e.to_string()))?;

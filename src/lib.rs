@@ -37,7 +37,7 @@ pub async fn serve(
     let events = Events::new(4096);
     let store = Store::open(&cfg.db, events).await?;
     let instance = store.instance_id().await?;
-    let engine = Arc::new(Engine::new()?);
+    let engine = Arc::new(Engine::new(cfg.docker_host.as_deref()));
     if let Err(e) = engine.ping().await {
         tracing::warn!(error = %e, "Docker does not answer yet; /readyz says 503 until it does");
     }

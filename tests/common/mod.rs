@@ -1,0 +1,244 @@
+//! Test harness: a real server started in-process on port 0 with a temporary SQLite file,
+//! driving the real Docker engine. Waits poll the API with a deadline; nothing sleeps to
+//! synchronise.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use ufaas::config::ServeConfig;
+
+pub const BUSYBOX: &str = "ufaas/busybox:latest";
+pub const PYTHON: &str = "ufaas/python:3";
+pub const NODE: &str = "ufaas/node:18";
+
+pub struct Server {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: std::path::PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub location: Option<String>,
+}
+
+impl Reply {
+    /// The body's `id`.
+    pub fn id(&self) -> String {
+        self.body["id"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Asserts an error reply: status, `code` and (when given) `field`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str, field: Option<&str>) {
+        assert_eq!(self.status, status, "status of {}", self.body);
+        assert_eq!(self.body["code"], code, "code of {}", self.body);
+        assert!(
+            self.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "message of {}",
+            self.body
+        );
+        if let Some(f) = field {
+            assert_eq!(self.body["field"], f, "field of {}", self.body);
+        }
+    }
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServeConfig)) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = ServeConfig::defaults();
+        cfg.db = dir.path().join("ufaas.db");
+        tweak(&mut cfg);
+        Self::start_on(cfg, dir).await
+    }
+
+    pub async fn start_on(cfg: ServeConfig, dir: tempfile::TempDir) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let db = cfg.db.clone();
+        let handle = tokio::spawn(ufaas::serve(cfg, listener, async move {
+            let _ = rx.await;
+        }));
+        let server = Server {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            db,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = server
+                .http
+                .get(format!("{}/healthz", server.base))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    /// Stops the server gracefully (its containers are removed) and keeps the temp dir.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let r = tokio::time::timeout(Duration::from_secs(60), h).await;
+            assert!(matches!(r, Ok(Ok(Ok(())))), "server stopped badly: {r:?}");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self._dir, dir)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn reply(resp: reqwest::Response) -> Reply {
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            body,
+            location,
+        }
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        Self::reply(req.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.http.put(self.url(path)).json(body)).await
+    }
+
+    pub async fn merge(&self, path: &str, body: &Value) -> Reply {
+        self.send(
+            self.http
+                .put(self.url(path))
+                .header("content-type", "application/merge-patch+json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
+    /// Submits a spec and returns the new task's id, asserting 201.
+    pub async fn submit(&self, spec: &Value) -> String {
+        let r = self.post("/fn", spec).await;
+        assert_eq!(r.status, 201, "submit answered {}", r.body);
+        r.id()
+    }
+
+    /// Submits with `?wait=` long enough for any test task and returns the ended record.
+    pub async fn run(&self, spec: &Value) -> Value {
+        let r = self.post("/fn?wait=120", spec).await;
+        assert_eq!(r.status, 200, "run answered {}", r.body);
+        r.body
+    }
+
+    /// Polls `GET /fn/{id}` until `pred` holds, failing after `secs` seconds.
+    pub async fn wait_until(&self, id: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let r = self.get(&format!("/fn/{id}")).await;
+            if r.status == 200 && pred(&r.body) {
+                return r.body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never got there; last: {}",
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, id: &str, state: &str) -> Value {
+        self.wait_until(id, 120, |t| t["state"] == state).await
+    }
+
+    pub async fn wait_ended(&self, id: &str) -> Value {
+        self.wait_until(id, 120, |t| {
+            matches!(
+                t["state"].as_str(),
+                Some("FINISHED" | "FAILED" | "CANCELLED" | "EXPIRED")
+            )
+        })
+        .await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A busybox task running `sh -c script`.
+pub fn sh(script: &str) -> Value {
+    json!({"task_name": "t", "image": BUSYBOX, "cmd_list": ["sh", "-c", script]})
+}
+
+/// Whether a container exists (running or not), asked of the Docker CLI directly.
+pub fn container_exists(id: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["inspect", "--type", "container", id])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
