@@ -44,8 +44,15 @@ pub async fn serve(
     let runner = Runner::new(store, engine, cfg, instance);
     runner.start().await?;
     tracing::info!(addr = %listener.local_addr()?, "ufaas listening");
+    // On the signal, the runner stops first so that requests held by `?wait=` are answered
+    // and the HTTP server's graceful shutdown does not wait on them.
+    let stopping = runner.clone();
+    let signal = async move {
+        shutdown.await;
+        stopping.begin_shutdown();
+    };
     let server = warp::serve(http::routes(runner.clone()))
-        .serve_incoming_with_graceful_shutdown(TcpListenerStream::new(listener), shutdown);
+        .serve_incoming_with_graceful_shutdown(TcpListenerStream::new(listener), signal);
     server.await;
     runner.shutdown().await;
     Ok(())

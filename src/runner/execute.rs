@@ -107,10 +107,14 @@ impl Runner {
         let cid = placement.container.clone();
 
         let started = Instant::now();
-        self.store
-            .mark_running(task.id)
-            .await
-            .map_err(|e| format!("could not record RUNNING: {e}"))?;
+        if let Err(e) = self.store.mark_running(task.id).await {
+            if placement.keep {
+                self.kept.release(&cid);
+            } else {
+                self.drop_container(&cid).await;
+            }
+            return Err(format!("could not record RUNNING: {e}"));
+        }
 
         let timeout = spec.timeout.unwrap_or(self.cfg.default_timeout);
         let run_deadline = started + Duration::from_secs(timeout);

@@ -142,7 +142,13 @@ impl Runner {
         Ok(())
     }
 
-    /// Stops taking work, ends running tasks (FAILED, "server shut down") and removes every
+    /// Stops taking work and ends running tasks (FAILED, "server shut down"); requests waiting
+    /// on a task are answered with what there is. [`Runner::shutdown`] finishes the job.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// [`Runner::begin_shutdown`], then waits for every task to be recorded and removes every
     /// container this server made.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
@@ -331,7 +337,11 @@ impl Runner {
             return Ok(Some(r));
         }
         loop {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
+            let next = tokio::select! {
+                n = tokio::time::timeout_at(deadline, events.recv()) => n,
+                _ = self.shutdown.cancelled() => return Ok(None),
+            };
+            match next {
                 Err(_) => return Ok(None),
                 Ok(Ok(ev)) => {
                     if ev.task_id == id && ev.state.is_terminal() {
