@@ -38,6 +38,11 @@ impl ApiError {
         ApiError::new(404, "not_found", message)
     }
 
+    /// 404 for a task id in the path that names no task.
+    pub fn no_task(id: impl std::fmt::Display) -> Self {
+        ApiError::not_found(format!("no task {id}")).with_field("id")
+    }
+
     pub fn conflict(code: &str, message: impl Into<String>) -> Self {
         ApiError::new(409, code, message)
     }

@@ -172,12 +172,18 @@ fn get_positive_int(
 ) -> Result<Option<u64>, ApiError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v @ Value::Number(n)) => match n.as_u64() {
-            Some(x) if x > 0 && x <= max => Ok(Some(x)),
-            Some(x) if x > max => Err(bad(
+        Some(v @ Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            (Some(x), _) if x > 0 && x <= max => Ok(Some(x)),
+            (Some(x), _) if x > max => Err(bad(
                 "invalid_value",
                 field,
                 format!("`{field}` must be at most {max}"),
+            )),
+            // Whole, but zero or negative: the right type with a wrong value.
+            (Some(_), _) | (None, Some(_)) => Err(bad(
+                "invalid_value",
+                field,
+                format!("`{field}` must be greater than 0, not {n}"),
             )),
             _ => Err(wrong_type(field, "a whole number greater than 0", v)),
         },
@@ -623,15 +629,16 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
     let rm = get_bool(obj, "rm", "rm")?;
     let priority = match obj.get("priority") {
         None => 0,
-        Some(v @ Value::Number(n)) => match n.as_i64() {
-            Some(p) if (-1_000_000..=1_000_000).contains(&p) => p,
-            _ => {
-                return Err(wrong_type(
+        Some(v @ Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
+            (Some(p), _) if (-1_000_000..=1_000_000).contains(&p) => p,
+            (Some(_), _) | (None, Some(_)) => {
+                return Err(bad(
+                    "invalid_value",
                     "priority",
-                    "a whole number from -1000000 to 1000000",
-                    v,
+                    format!("`priority` must be from -1000000 to 1000000, not {n}"),
                 ))
             }
+            _ => return Err(wrong_type("priority", "a whole number", v)),
         },
         Some(other) => return Err(wrong_type("priority", "a whole number", other)),
     };
@@ -1248,6 +1255,12 @@ mod tests {
     #[test]
     fn numbers_and_limits() {
         assert_eq!(err(with("ttl", json!(0))).field.as_deref(), Some("ttl"));
+        assert_eq!(err(with("ttl", json!(0))).code, "invalid_value");
+        assert_eq!(err(with("ttl", json!(-5))).code, "invalid_value");
+        assert_eq!(
+            err(with("priority", json!(2_000_000_000))).code,
+            "invalid_value"
+        );
         assert_eq!(
             err(with("timeout", json!(-1))).field.as_deref(),
             Some("timeout")

@@ -8,7 +8,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use warp::http::{header, StatusCode};
 use warp::reply::{Reply, Response};
@@ -30,7 +31,7 @@ pub fn routes(
     let limit = runner.max_body_bytes();
     let with_runner = warp::any().map(move || runner.clone());
     let query = warp::query::<Query>();
-    let body = warp::body::content_length_limit(limit).and(warp::body::bytes());
+    let body = body_limited(limit);
 
     let healthz = warp::path!("healthz")
         .and(warp::get())
@@ -48,7 +49,7 @@ pub fn routes(
         .and(warp::post())
         .and(with_runner.clone())
         .and(query)
-        .and(body)
+        .and(body.clone())
         .then(create_task);
     let get = warp::path!("fn" / String)
         .and(warp::get())
@@ -58,7 +59,7 @@ pub fn routes(
         .and(warp::post())
         .and(with_runner.clone())
         .and(query)
-        .and(body)
+        .and(body.clone())
         .then(reuse_task);
     let update = warp::path!("fn" / String)
         .and(warp::put())
@@ -90,6 +91,59 @@ pub fn routes(
         .recover(recover)
         .unify()
         .with(warp::trace::request())
+}
+
+/// A rejection carrying our own error, for filters that refuse before a handler runs.
+#[derive(Debug)]
+struct Refused(ApiError);
+
+impl warp::reject::Reject for Refused {}
+
+/// The request body, up to `limit` bytes: 413 as soon as `Content-Length` or the bytes read
+/// pass it, so an oversize body is never read whole. A request with no body (no
+/// `Content-Length`, no chunks) is an empty body, as HTTP/1.1 says.
+fn body_limited(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |len, stream| read_body(limit, len, stream))
+}
+
+async fn read_body<S, B>(limit: u64, len: Option<u64>, stream: S) -> Result<Bytes, Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let too_large = || {
+        warp::reject::custom(Refused(ApiError::new(
+            413,
+            "payload_too_large",
+            format!("the request body is larger than the server's limit of {limit} bytes"),
+        )))
+    };
+    if len.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut stream = Box::pin(stream);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            warp::reject::custom(Refused(ApiError::new(
+                400,
+                "invalid_body",
+                format!("reading the body failed: {e}"),
+            )))
+        })?;
+        if (buf.len() + chunk.remaining()) as u64 > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            buf.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Response {
@@ -296,7 +350,7 @@ async fn get_task(raw_id: String, runner: Arc<Runner>) -> Response {
             let id = parse_id(&raw_id)?;
             match runner.store().get(id).await? {
                 Some(r) => Ok(json_reply(StatusCode::OK, &r)),
-                None => Err(ApiError::not_found(format!("no task {id}"))),
+                None => Err(ApiError::no_task(id)),
             }
         }
         .await,
@@ -314,11 +368,16 @@ async fn update_task(
     respond(
         async {
             let id = parse_id(&raw_id)?;
-            let merge = content_type.as_deref().is_some_and(|ct| {
-                ct.trim()
-                    .to_ascii_lowercase()
-                    .starts_with("application/merge-patch+json")
-            });
+            let ct = content_type.unwrap_or_default().trim().to_ascii_lowercase();
+            if ct.starts_with("application/json-patch+json") {
+                return Err(ApiError::new(
+                    415,
+                    "unsupported_media_type",
+                    "JSON Patch is not supported: send a whole spec, or a merge-patch with \
+                     Content-Type: application/merge-patch+json",
+                ));
+            }
+            let merge = ct.starts_with("application/merge-patch+json");
             let patch = parse_json(&body)?;
             if merge && !patch.is_object() {
                 return Err(ApiError::new(
@@ -353,7 +412,9 @@ async fn delete_task(raw_id: String, runner: Arc<Runner>, q: Query) -> Response 
 /// Turns warp's own rejections (no route, wrong method, body too large …) into the JSON
 /// error body.
 async fn recover(rej: Rejection) -> Result<Response, Infallible> {
-    let e = if rej.is_not_found() {
+    let e = if let Some(Refused(e)) = rej.find::<Refused>() {
+        e.clone()
+    } else if rej.is_not_found() {
         ApiError::new(404, "not_found", "no such route")
     } else if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::new(

@@ -185,9 +185,7 @@ impl Runner {
                 self.store
                     .get(target)
                     .await?
-                    .ok_or_else(|| {
-                        ApiError::not_found(format!("no task {target}")).with_field("id")
-                    })?
+                    .ok_or_else(|| ApiError::no_task(target))?
                     .image,
             ),
             None => None,
@@ -243,7 +241,7 @@ impl Runner {
                 self.wake.notify_one();
                 Ok(r)
             }
-            UpdateResult::NotFound => Err(ApiError::not_found(format!("no task {id}"))),
+            UpdateResult::NotFound => Err(ApiError::no_task(id)),
             UpdateResult::Started(r) => Err(ApiError::conflict(
                 "already_started",
                 format!(
@@ -295,7 +293,7 @@ impl Runner {
             .store
             .get(id)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("no task {id}")))?;
+            .ok_or_else(|| ApiError::no_task(id))?;
         if record.state.is_terminal() {
             if refuse_ended {
                 return Err(ApiError::conflict(
