@@ -100,10 +100,7 @@ impl Runner {
             )
         })?;
 
-        let placement = tokio::select! {
-            p = self.place(task, &spec) => p?,
-            _ = cancel.cancelled() => return Err(self.stop_message(cancel)),
-        };
+        let placement = self.place(task, &spec, cancel).await?;
         let cid = placement.container.clone();
 
         let started = Instant::now();
@@ -233,7 +230,15 @@ impl Runner {
     }
 
     /// Finds the container asked for (a hit) or makes a new one, and places the task's files.
-    async fn place(&self, task: &TaskRecord, spec: &TaskSpec) -> Result<Placement, String> {
+    /// Waits that only read (image pull, fetches) give way to `cancel` at once; Docker calls
+    /// that make something run to their end, and a cancel is honoured after them, so a
+    /// container is never created behind our back.
+    async fn place(
+        &self,
+        task: &TaskRecord,
+        spec: &TaskSpec,
+        cancel: &CancellationToken,
+    ) -> Result<Placement, String> {
         let limits = FetchLimits {
             max_fetch_bytes: self.cfg.max_fetch_bytes,
             max_extract_bytes: self.cfg.max_extract_bytes,
@@ -247,12 +252,11 @@ impl Runner {
         if let Some(target) = task.reused_container_of {
             if let Some((cid, kept)) = self.find_kept(target).await {
                 let workdir = spec.pwd.clone().unwrap_or_else(|| kept.workdir.clone());
-                let prepared = resources::prepare(spec, &workdir, &[], &self.http, &limits)
-                    .await
-                    .map_err(|e| {
-                        self.kept.release(&cid);
-                        e.to_string()
-                    })?;
+                let prepared = tokio::select! {
+                    p = resources::prepare(spec, &workdir, &[], &self.http, &limits) => p.map_err(|e| e.to_string()),
+                    _ = cancel.cancelled() => Err(self.stop_message(cancel)),
+                };
+                let prepared = prepared.inspect_err(|_| self.kept.release(&cid))?;
                 self.store
                     .set_container(task.id, &cid, ContainerState::Ready, Some(Locality::Hit))
                     .await
@@ -273,20 +277,20 @@ impl Runner {
         }
         let locality = task.reused_container_of.map(|_| Locality::Miss);
 
-        let image_workdir = self
-            .engine
-            .ensure_image(&spec.image)
-            .await
-            .map_err(|e| e.to_string())?;
+        let image_workdir = tokio::select! {
+            w = self.engine.ensure_image(&spec.image) => w.map_err(|e| e.to_string())?,
+            _ = cancel.cancelled() => return Err(self.stop_message(cancel)),
+        };
         let workdir = spec.pwd.clone().unwrap_or(image_workdir);
         let pause = pause_program();
         let extra: Vec<(&str, &[u8], u32)> = pause
             .as_deref()
             .map(|p| vec![(PAUSE_PATH, p, 0o755)])
             .unwrap_or_default();
-        let prepared = resources::prepare(spec, &workdir, &extra, &self.http, &limits)
-            .await
-            .map_err(|e| e.to_string())?;
+        let prepared = tokio::select! {
+            p = resources::prepare(spec, &workdir, &extra, &self.http, &limits) => p.map_err(|e| e.to_string())?,
+            _ = cancel.cancelled() => return Err(self.stop_message(cancel)),
+        };
 
         let memory_mb = spec.limits.memory_mb.unwrap_or(self.cfg.default_memory_mb);
         let cpus = spec.limits.cpus.unwrap_or(self.cfg.default_cpus);
@@ -336,7 +340,11 @@ impl Runner {
                 .map_err(|e| fail("recording the container", &e))?;
             Ok::<(), String>(())
         };
-        if let Err(e) = setup.await {
+        let setup = setup.await.and_then(|()| match cancel.is_cancelled() {
+            true => Err(self.stop_message(cancel)),
+            false => Ok(()),
+        });
+        if let Err(e) = setup {
             let _ = self.engine.remove(&cid).await;
             return Err(e);
         }

@@ -111,6 +111,8 @@ impl Server {
             let r = tokio::time::timeout(Duration::from_secs(60), h).await;
             assert!(matches!(r, Ok(Ok(Ok(())))), "server stopped badly: {r:?}");
         }
+        let leaked = containers_of(&self.db).await;
+        assert!(leaked.is_empty(), "containers left after a normal stop: {leaked:?}");
         let dir = tempfile::tempdir().expect("temp dir");
         std::mem::replace(&mut self._dir, dir)
     }
@@ -241,4 +243,25 @@ pub fn container_exists(id: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// Containers (running or not) labelled with the instance id of the database at `db`.
+pub async fn containers_of(db: &std::path::Path) -> Vec<String> {
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
+    let instance: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance'")
+        .fetch_one(&pool)
+        .await
+        .expect("instance id");
+    pool.close().await;
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .arg(format!("label=ufaas.instance={instance}"))
+        .output()
+        .expect("docker ps");
+    assert!(out.status.success(), "docker ps failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
