@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::spec::Policy;
+use crate::store::Retention;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,6 +95,19 @@ pub struct ServeConfig {
     /// Host paths (and what is below them) that `bind` resources may mount; repeatable.
     #[arg(long = "allow-bind", env = "UFAAS_ALLOW_BIND", value_delimiter = ',')]
     pub allow_bind: Vec<PathBuf>,
+    /// How long the event log keeps events: a count (`1000000`) or an age (`90s`, `30m`,
+    /// `12h`, `7d`). The last event of a task that has not ended is always kept.
+    #[arg(long, env = "UFAAS_EVENT_RETENTION", default_value = "1000000")]
+    pub event_retention: Retention,
+    /// Seconds between prunings of the event log.
+    #[arg(long, env = "UFAAS_EVENT_PRUNE_EVERY", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_prune_every: u64,
+    /// Events a WebSocket subscriber may fall behind before it gets `lagged` and is closed.
+    #[arg(long, env = "UFAAS_WS_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_queue: u32,
+    /// Seconds between WebSocket pings; a peer silent for two of them is closed.
+    #[arg(long, env = "UFAAS_WS_PING", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_ping: u64,
     /// Docker engine to use: `unix:///path` or `tcp://host:port` (default: DOCKER_HOST, else
     /// the local socket).
     #[arg(long, env = "UFAAS_DOCKER_HOST")]

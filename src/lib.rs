@@ -34,7 +34,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let events = Events::new(4096);
+    let events = Events::new(cfg.ws_queue as usize);
     let store = Store::open(&cfg.db, events).await?;
     let instance = store.instance_id().await?;
     let engine = Arc::new(Engine::new(cfg.docker_host.as_deref()));

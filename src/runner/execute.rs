@@ -13,6 +13,7 @@ use super::{terminal_for_exit, Runner};
 use crate::docker::{
     pause_program, ContainerSpec, ExecRequest, ExecResult, LABEL_INSTANCE, LABEL_TASK, PAUSE_PATH,
 };
+use crate::events::OutputEvent;
 use crate::model::{ContainerState, Locality, TaskId, TaskState};
 use crate::resources::{self, FetchLimits};
 use crate::spec::{self, ParseContext, TaskSpec};
@@ -126,10 +127,18 @@ impl Runner {
             working_dir: spec.pwd.clone(),
             stdin: spec.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
         };
-        let no_output = |_: crate::docker::Stream, _: &[u8]| {};
-        let exec = self
-            .engine
-            .exec(&cid, &req, self.cfg.max_output_bytes, &no_output);
+        let events = self.store.events().clone();
+        let task_id = task.id;
+        let live_output = move |stream: crate::docker::Stream, data: &[u8]| {
+            if events.has_output_listeners() {
+                let name = match stream {
+                    crate::docker::Stream::Stdout => "stdout",
+                    crate::docker::Stream::Stderr => "stderr",
+                };
+                events.publish_output(OutputEvent::new(task_id, name, data));
+            }
+        };
+        let exec = self.engine.exec(&cid, &req, self.cfg.max_output_bytes, &live_output);
         tokio::pin!(exec);
         let mut stop = None;
         let result = tokio::select! {

@@ -101,8 +101,17 @@ impl Runner {
         &self.engine
     }
 
+    pub fn config(&self) -> &ServeConfig {
+        &self.cfg
+    }
+
     pub fn max_body_bytes(&self) -> u64 {
         self.cfg.max_body_bytes
+    }
+
+    /// Completes when the server begins to shut down.
+    pub async fn stopping(&self) {
+        self.shutdown.cancelled().await
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
@@ -405,14 +414,25 @@ impl Runner {
         }
     }
 
-    /// Removes kept containers idle past `--keep-alive` or past their `ttl`.
+    /// Removes kept containers idle past `--keep-alive` or past their `ttl`, and prunes the
+    /// event log every `--event-prune-every`.
     async fn reap(self: Arc<Self>) {
         let keep_alive = Duration::from_secs(self.cfg.keep_alive);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let prune_every = Duration::from_secs(self.cfg.event_prune_every);
+        let mut last_prune = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => return,
+            }
+            if last_prune.elapsed() >= prune_every {
+                last_prune = Instant::now();
+                match self.store.prune_events(self.cfg.event_retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(pruned = n, "event log pruned"),
+                    Err(e) => tracing::warn!(error = %e, "pruning the event log failed"),
+                }
             }
             for id in self.kept.take_expired(Instant::now(), keep_alive) {
                 tracing::debug!(container = %id, "removing an idle or expired container");

@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::Mutex;
 
-use crate::events::{Events, StateEvent};
+use crate::events::{state_wire, Events, StateEvent, TaskSummary};
 use crate::model::{now_rfc3339, ContainerState, Locality, TaskId, TaskState};
 
 #[derive(Debug, thiserror::Error)]
@@ -226,28 +226,24 @@ impl Store {
     }
 
     /// Writes the event row for a change made in `tx` and returns it for publishing after commit.
-    async fn event_in(
-        tx: &mut Tx<'_>,
-        id: &str,
-        state: TaskState,
-        at: &str,
-    ) -> Result<StateEvent, StoreError> {
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (task_id, state, at) VALUES (?, ?, ?) RETURNING seq",
-        )
-        .bind(id)
-        .bind(state.as_str())
-        .bind(at)
-        .fetch_one(&mut **tx)
-        .await?;
-        let task = Self::fetch_in(tx, id).await?.ok_or_else(|| {
-            StoreError::Corrupt(format!("task {id} vanished inside its own transaction"))
-        })?;
+    async fn event_in(tx: &mut Tx<'_>, id: &str, state: TaskState, at: &str) -> Result<StateEvent, StoreError> {
+        let task = Self::fetch_in(tx, id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("task {id} vanished inside its own transaction")))?;
+        let summary = serde_json::to_value(TaskSummary::from(&task))
+            .map_err(|e| StoreError::Corrupt(format!("summary of task {id}: {e}")))?;
+        let seq: i64 = sqlx::query_scalar("INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?) RETURNING seq")
+            .bind(id)
+            .bind(state.as_str())
+            .bind(at)
+            .bind(summary.to_string())
+            .fetch_one(&mut **tx)
+            .await?;
         Ok(StateEvent {
             seq,
             task_id: task.id,
             state,
-            at: at.to_string(),
+            wire: state_wire(seq, task.id, state, at, &summary),
             task,
         })
     }
@@ -545,6 +541,73 @@ impl Store {
         Ok((tasks, next))
     }
 
+    /// Stored events after `since`, oldest first, at most `limit`: (seq, task id, wire form).
+    pub async fn events_after(&self, since: i64, limit: u32) -> Result<Vec<(i64, TaskId, String)>, StoreError> {
+        let rows: Vec<(i64, String, String, String, String)> =
+            sqlx::query_as("SELECT seq, task_id, state, at, task FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(since)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(seq, task_id, state, at, task)| {
+                let id = TaskId::from_str(&task_id).map_err(|_| StoreError::Corrupt(format!("event {seq} task id")))?;
+                let st = TaskState::from_str(&state).map_err(|_| StoreError::Corrupt(format!("event {seq} state")))?;
+                let summary: Value = serde_json::from_str(&task).unwrap_or(Value::Null);
+                Ok((seq, id, state_wire(seq, id, st, &at, &summary)))
+            })
+            .collect()
+    }
+
+    /// Highest seq pruned so far (0 when nothing was): a `since` below it cannot be replayed.
+    pub async fn pruned_through(&self) -> Result<i64, StoreError> {
+        let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'events_pruned_through'")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// Drops events older than `retention`, but never the last event of a task that has not
+    /// ended. Returns how many rows went.
+    pub async fn prune_events(&self, retention: Retention) -> Result<u64, StoreError> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let cutoff: Option<i64> = match retention {
+            Retention::Count(n) => sqlx::query_scalar("SELECT MAX(seq) - ? FROM events")
+                .bind(n as i64)
+                .fetch_one(&mut *tx)
+                .await?,
+            Retention::Age(age) => {
+                let limit = chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+                let limit = limit.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+                sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE at < ?")
+                    .bind(limit)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+        };
+        let Some(cutoff) = cutoff.filter(|c| *c > 0) else {
+            return Ok(0);
+        };
+        let done = sqlx::query(
+            "DELETE FROM events WHERE seq <= ? AND seq NOT IN ( \
+                 SELECT MAX(e.seq) FROM events e JOIN tasks t ON t.id = e.task_id \
+                 WHERE t.state NOT IN ('FINISHED', 'FAILED', 'CANCELLED', 'EXPIRED') GROUP BY e.task_id)",
+        )
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('events_pruned_through', ?) \
+             ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+        )
+        .bind(cutoff.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn exists(&self, id: TaskId) -> Result<bool, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE id = ?")
             .bind(id.to_string())
@@ -589,9 +652,56 @@ impl Store {
     }
 }
 
+/// How long the event log keeps events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// The newest N events.
+    Count(u64),
+    /// Events younger than this.
+    Age(std::time::Duration),
+}
+
+impl FromStr for Retention {
+    type Err = String;
+    /// `100000` (a count) or `90s`, `30m`, `12h`, `7d` (an age).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("`{s}` is neither a count (100000) nor an age (90s, 30m, 12h, 7d)");
+        if let Ok(n) = s.parse::<u64>() {
+            return Ok(Retention::Count(n));
+        }
+        let (num, unit) = s.split_at(s.len().saturating_sub(1));
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let secs = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            "d" => n * 86400,
+            _ => return Err(bad()),
+        };
+        Ok(Retention::Age(std::time::Duration::from_secs(secs)))
+    }
+}
+
 pub enum UpdateResult<E> {
     Updated(TaskRecord),
     NotFound,
     Started(TaskRecord),
     Refused(E),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_parses_counts_and_ages() {
+        assert_eq!("5000".parse(), Ok(Retention::Count(5000)));
+        assert_eq!("90s".parse(), Ok(Retention::Age(Duration::from_secs(90))));
+        assert_eq!("2h".parse(), Ok(Retention::Age(Duration::from_secs(7200))));
+        assert_eq!("7d".parse(), Ok(Retention::Age(Duration::from_secs(7 * 86400))));
+        assert!("7w".parse::<Retention>().is_err());
+        assert!("".parse::<Retention>().is_err());
+        assert!("h".parse::<Retention>().is_err());
+    }
 }
