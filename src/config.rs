@@ -23,7 +23,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP/WebSocket server.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
+    /// Print task events as they happen.
+    Watch(crate::cli::WatchArgs),
+    /// Submit a task spec; with --follow, stream its events and output until it ends.
+    Run(crate::cli::RunArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -108,6 +112,10 @@ pub struct ServeConfig {
     /// Seconds between WebSocket pings; a peer silent for two of them is closed.
     #[arg(long, env = "UFAAS_WS_PING", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub ws_ping: u64,
+    /// Kernel send buffer of each connection, in bytes (0: the system's autotuning, up to
+    /// megabytes per socket).
+    #[arg(long, env = "UFAAS_SOCKET_SEND_BUFFER", default_value_t = 256 << 10)]
+    pub socket_send_buffer: usize,
     /// Docker engine to use: `unix:///path` or `tcp://host:port` (default: DOCKER_HOST, else
     /// the local socket).
     #[arg(long, env = "UFAAS_DOCKER_HOST")]
@@ -122,7 +130,8 @@ impl ServeConfig {
     pub fn defaults() -> Self {
         let cli = Cli::parse_from(["ufaas", "serve"]);
         match cli.command {
-            Command::Serve(c) => c,
+            Command::Serve(c) => *c,
+            _ => unreachable!("parsed `serve`"),
         }
     }
 
@@ -172,7 +181,9 @@ mod tests {
             "--init",
             "false",
         ]);
-        let Command::Serve(c) = cli.command;
+        let Command::Serve(c) = cli.command else {
+            panic!("expected serve");
+        };
         assert_eq!(c.max_concurrent, 1);
         assert_eq!(c.allow_bind.len(), 2);
         assert!(!c.init);

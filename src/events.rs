@@ -57,7 +57,13 @@ impl<'a> From<&'a TaskRecord> for TaskSummary<'a> {
 }
 
 /// The wire form of a state event (API.md section 4).
-pub fn state_wire(seq: i64, task_id: TaskId, state: TaskState, at: &str, summary: &Value) -> String {
+pub fn state_wire(
+    seq: i64,
+    task_id: TaskId,
+    state: TaskState,
+    at: &str,
+    summary: &Value,
+) -> String {
     serde_json::json!({
         "seq": seq,
         "event": "state",

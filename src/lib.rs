@@ -4,6 +4,7 @@
 //! [`serve`] is the whole server as a library function: it takes a bound listener and a
 //! shutdown future, so tests start it on port 0.
 
+pub mod cli;
 pub mod config;
 pub mod docker;
 pub mod error;
@@ -41,6 +42,7 @@ pub async fn serve(
     if let Err(e) = engine.ping().await {
         tracing::warn!(error = %e, "Docker does not answer yet; /readyz says 503 until it does");
     }
+    let send_buffer = cfg.socket_send_buffer;
     let runner = Runner::new(store, engine, cfg, instance);
     runner.start().await?;
     tracing::info!(addr = %listener.local_addr()?, "ufaas listening");
@@ -52,8 +54,28 @@ pub async fn serve(
         stopping.begin_shutdown();
     };
     let server = warp::serve(http::routes(runner.clone()))
-        .serve_incoming_with_graceful_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_incoming_with_graceful_shutdown(accepted(listener, send_buffer), signal);
     server.await;
     runner.shutdown().await;
     Ok(())
+}
+
+/// Accepted connections, each with a bounded kernel send buffer: a client that stops reading
+/// (a stuck WebSocket subscriber) pins at most that much kernel memory before its session
+/// blocks and, past `--ws-queue` events, is told it lagged. Without it Linux lets each
+/// socket's buffer grow to megabytes.
+fn accepted(
+    listener: TcpListener,
+    send_buffer: usize,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures_util::StreamExt;
+    TcpListenerStream::new(listener).map(move |conn| {
+        conn.inspect(|stream| {
+            if send_buffer > 0 {
+                if let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(send_buffer) {
+                    tracing::debug!(error = %e, "could not set the send buffer");
+                }
+            }
+        })
+    })
 }

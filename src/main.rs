@@ -17,8 +17,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(cfg) => {
             let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-            ufaas::serve(cfg, listener, shutdown_signal()).await
+            ufaas::serve(*cfg, listener, shutdown_signal()).await
         }
+        Command::Watch(args) => std::process::exit(ufaas::cli::watch(args).await?),
+        Command::Run(args) => std::process::exit(ufaas::cli::run(args).await?),
     }
 }
 

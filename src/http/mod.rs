@@ -20,6 +20,8 @@ use crate::model::{TaskId, TaskState};
 use crate::runner::{DeleteOptions, Runner};
 use crate::store::ListFilter;
 
+pub mod ws;
+
 /// Longest `?wait=` honoured, in seconds.
 pub const MAX_WAIT_SECONDS: f64 = 3600.0;
 
@@ -33,47 +35,71 @@ pub fn routes(
     let query = warp::query::<Query>();
     let body = body_limited(limit);
 
+    let websocket = warp::path!("fn" / "ws")
+        .and(warp::get())
+        .and(warp::ws())
+        .and(with_runner.clone())
+        .and(query)
+        .map(
+            |upgrade: warp::ws::Ws, runner: Arc<Runner>, q: Query| match ws::parse_params(&q) {
+                Ok(params) => upgrade
+                    .on_upgrade(move |socket| ws::session(socket, runner, params))
+                    .into_response(),
+                Err(e) => error_reply(e),
+            },
+        )
+        .boxed();
     let healthz = warp::path!("healthz")
         .and(warp::get())
-        .map(|| json_reply(StatusCode::OK, &json!({"status": "alive"})));
+        .map(|| json_reply(StatusCode::OK, &json!({"status": "alive"})))
+        .boxed();
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(with_runner.clone())
-        .then(readyz);
+        .then(readyz)
+        .boxed();
     let list = warp::path!("fn")
         .and(warp::get())
         .and(with_runner.clone())
         .and(query)
-        .then(list_tasks);
+        .then(list_tasks)
+        .boxed();
     let create = warp::path!("fn")
         .and(warp::post())
         .and(with_runner.clone())
         .and(query)
         .and(body.clone())
-        .then(create_task);
+        .then(create_task)
+        .boxed();
     let get = warp::path!("fn" / String)
         .and(warp::get())
         .and(with_runner.clone())
-        .then(get_task);
+        .then(get_task)
+        .boxed();
     let reuse = warp::path!("fn" / String)
         .and(warp::post())
         .and(with_runner.clone())
         .and(query)
         .and(body.clone())
-        .then(reuse_task);
+        .then(reuse_task)
+        .boxed();
     let update = warp::path!("fn" / String)
         .and(warp::put())
         .and(with_runner.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(body)
-        .then(update_task);
+        .then(update_task)
+        .boxed();
     let delete = warp::path!("fn" / String)
         .and(warp::delete())
         .and(with_runner)
         .and(query)
-        .then(delete_task);
+        .then(delete_task)
+        .boxed();
 
-    healthz
+    websocket
+        .or(healthz)
+        .unify()
         .or(readyz)
         .unify()
         .or(list)
@@ -347,6 +373,13 @@ async fn submit(
 async fn get_task(raw_id: String, runner: Arc<Runner>) -> Response {
     respond(
         async {
+            if raw_id == "ws" {
+                return Err(ApiError::new(
+                    426,
+                    "upgrade_required",
+                    "GET /fn/ws is a WebSocket: send the Upgrade headers",
+                ));
+            }
             let id = parse_id(&raw_id)?;
             match runner.store().get(id).await? {
                 Some(r) => Ok(json_reply(StatusCode::OK, &r)),

@@ -138,7 +138,9 @@ impl Runner {
                 events.publish_output(OutputEvent::new(task_id, name, data));
             }
         };
-        let exec = self.engine.exec(&cid, &req, self.cfg.max_output_bytes, &live_output);
+        let exec = self
+            .engine
+            .exec(&cid, &req, self.cfg.max_output_bytes, &live_output);
         tokio::pin!(exec);
         let mut stop = None;
         let result = tokio::select! {

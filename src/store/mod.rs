@@ -226,19 +226,26 @@ impl Store {
     }
 
     /// Writes the event row for a change made in `tx` and returns it for publishing after commit.
-    async fn event_in(tx: &mut Tx<'_>, id: &str, state: TaskState, at: &str) -> Result<StateEvent, StoreError> {
-        let task = Self::fetch_in(tx, id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("task {id} vanished inside its own transaction")))?;
+    async fn event_in(
+        tx: &mut Tx<'_>,
+        id: &str,
+        state: TaskState,
+        at: &str,
+    ) -> Result<StateEvent, StoreError> {
+        let task = Self::fetch_in(tx, id).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("task {id} vanished inside its own transaction"))
+        })?;
         let summary = serde_json::to_value(TaskSummary::from(&task))
             .map_err(|e| StoreError::Corrupt(format!("summary of task {id}: {e}")))?;
-        let seq: i64 = sqlx::query_scalar("INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?) RETURNING seq")
-            .bind(id)
-            .bind(state.as_str())
-            .bind(at)
-            .bind(summary.to_string())
-            .fetch_one(&mut **tx)
-            .await?;
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?) RETURNING seq",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(at)
+        .bind(summary.to_string())
+        .fetch_one(&mut **tx)
+        .await?;
         Ok(StateEvent {
             seq,
             task_id: task.id,
@@ -542,17 +549,24 @@ impl Store {
     }
 
     /// Stored events after `since`, oldest first, at most `limit`: (seq, task id, wire form).
-    pub async fn events_after(&self, since: i64, limit: u32) -> Result<Vec<(i64, TaskId, String)>, StoreError> {
-        let rows: Vec<(i64, String, String, String, String)> =
-            sqlx::query_as("SELECT seq, task_id, state, at, task FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
-                .bind(since)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
+    pub async fn events_after(
+        &self,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, TaskId, String)>, StoreError> {
+        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT seq, task_id, state, at, task FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
             .map(|(seq, task_id, state, at, task)| {
-                let id = TaskId::from_str(&task_id).map_err(|_| StoreError::Corrupt(format!("event {seq} task id")))?;
-                let st = TaskState::from_str(&state).map_err(|_| StoreError::Corrupt(format!("event {seq} state")))?;
+                let id = TaskId::from_str(&task_id)
+                    .map_err(|_| StoreError::Corrupt(format!("event {seq} task id")))?;
+                let st = TaskState::from_str(&state)
+                    .map_err(|_| StoreError::Corrupt(format!("event {seq} state")))?;
                 let summary: Value = serde_json::from_str(&task).unwrap_or(Value::Null);
                 Ok((seq, id, state_wire(seq, id, st, &at, &summary)))
             })
@@ -561,9 +575,10 @@ impl Store {
 
     /// Highest seq pruned so far (0 when nothing was): a `since` below it cannot be replayed.
     pub async fn pruned_through(&self) -> Result<i64, StoreError> {
-        let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'events_pruned_through'")
-            .fetch_optional(&self.pool)
-            .await?;
+        let v: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'events_pruned_through'")
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
@@ -573,12 +588,15 @@ impl Store {
         let _w = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let cutoff: Option<i64> = match retention {
-            Retention::Count(n) => sqlx::query_scalar("SELECT MAX(seq) - ? FROM events")
-                .bind(n as i64)
-                .fetch_one(&mut *tx)
-                .await?,
+            Retention::Count(n) => {
+                sqlx::query_scalar("SELECT MAX(seq) - ? FROM events")
+                    .bind(n as i64)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
             Retention::Age(age) => {
-                let limit = chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+                let limit = chrono::Utc::now()
+                    - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
                 let limit = limit.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
                 sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE at < ?")
                     .bind(limit)
@@ -699,7 +717,10 @@ mod tests {
         assert_eq!("5000".parse(), Ok(Retention::Count(5000)));
         assert_eq!("90s".parse(), Ok(Retention::Age(Duration::from_secs(90))));
         assert_eq!("2h".parse(), Ok(Retention::Age(Duration::from_secs(7200))));
-        assert_eq!("7d".parse(), Ok(Retention::Age(Duration::from_secs(7 * 86400))));
+        assert_eq!(
+            "7d".parse(),
+            Ok(Retention::Age(Duration::from_secs(7 * 86400)))
+        );
         assert!("7w".parse::<Retention>().is_err());
         assert!("".parse::<Retention>().is_err());
         assert!("h".parse::<Retention>().is_err());

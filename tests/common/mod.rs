@@ -112,7 +112,10 @@ impl Server {
             assert!(matches!(r, Ok(Ok(Ok(())))), "server stopped badly: {r:?}");
         }
         let leaked = containers_of(&self.db).await;
-        assert!(leaked.is_empty(), "containers left after a normal stop: {leaked:?}");
+        assert!(
+            leaked.is_empty(),
+            "containers left after a normal stop: {leaked:?}"
+        );
         let dir = tempfile::tempdir().expect("temp dir");
         std::mem::replace(&mut self._dir, dir)
     }
@@ -263,5 +266,62 @@ pub async fn containers_of(db: &std::path::Path) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .map(str::to_string)
+        .collect()
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Server {
+    /// Opens `GET /fn/ws?{query}`.
+    pub async fn ws(&self, query: &str) -> Ws {
+        let url = format!("{}/fn/ws?{query}", self.base.replace("http://", "ws://"));
+        let (ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("ws connect");
+        ws
+    }
+}
+
+/// The next JSON text frame, or `None` when the socket closes; fails after `secs`.
+pub async fn next_json(ws: &mut Ws, secs: u64) -> Option<Value> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("no WebSocket frame before the deadline");
+        match msg {
+            None | Some(Err(_)) => return None,
+            Some(Ok(Message::Text(t))) => {
+                return Some(serde_json::from_str(&t).expect("JSON frame"))
+            }
+            Some(Ok(Message::Close(_))) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends one JSON text frame.
+pub async fn send_json(ws: &mut Ws, v: &Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(v.to_string()))
+        .await
+        .expect("ws send");
+}
+
+/// Seqs and states of every stored event of `task`, in order.
+pub async fn stored_events(db: &std::path::Path, task: Option<&str>) -> Vec<(i64, String, String)> {
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT seq, task_id, state FROM events ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("events");
+    pool.close().await;
+    rows.into_iter()
+        .filter(|r| task.is_none_or(|t| r.1 == t))
         .collect()
 }
