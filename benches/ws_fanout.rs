@@ -17,7 +17,6 @@
 //! WS_FANOUT_GAP_MS (2, pause between single submissions), WS_FANOUT_TARGET_MS (50).
 //! The verdict is printed as PASS/MISS; the process exits 0 either way.
 
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

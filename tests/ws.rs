@@ -561,3 +561,41 @@ async fn cli_run_follow_streams_output_and_exits_with_the_task_code() {
     child.kill().await.expect("kill watch");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_after_two_ping_intervals() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = dockerless(|c| c.ws_ping = 1).await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    // A hand-made handshake, then silence: the pings are never answered.
+    let mut raw = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let req = format!(
+        "GET /fn/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    raw.write_all(req.as_bytes()).await.expect("handshake");
+    let started = tokio::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), raw.read(&mut buf))
+            .await
+            .expect("the server closes a silent peer")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"),
+        "upgraded first"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "not before two intervals"
+    );
+    server.stop().await;
+}

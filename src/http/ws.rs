@@ -150,6 +150,12 @@ pub async fn session(socket: WebSocket, runner: Arc<Runner>, params: WsParams) {
             }
             last_seq = last;
         }
+        // Pruning may have run while we paged: if it reached past `since`, some of what we
+        // were to replay may be gone. Say so rather than leave a silent gap.
+        if matches!(runner.store().pruned_through().await, Ok(h) if since < h) {
+            close_with(&mut sink, r#"{"event":"resync_required"}"#).await;
+            return;
+        }
     }
 
     let (reply_tx, mut replies) = mpsc::channel::<String>(64);
