@@ -116,10 +116,53 @@ pub struct ServeConfig {
     /// megabytes per socket).
     #[arg(long, env = "UFAAS_SOCKET_SEND_BUFFER", default_value_t = 256 << 10)]
     pub socket_send_buffer: usize,
+    /// File of API tokens, one per line (blank lines and lines starting with `#` are
+    /// skipped). With it, or with a token in UFAAS_TOKEN, every request must send
+    /// `Authorization: Bearer <token>`.
+    #[arg(long, env = "UFAAS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// One API token, read from the environment variable UFAAS_TOKEN only (a flag would show
+    /// it in the process list). `serve` keeps only its digest.
+    #[arg(skip = std::env::var("UFAAS_TOKEN").ok())]
+    pub token: Option<String>,
+    /// Serve without authentication even on a non-loopback address (refused otherwise).
+    #[arg(long, env = "UFAAS_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
     /// Docker engine to use: `unix:///path` or `tcp://host:port` (default: DOCKER_HOST, else
     /// the local socket).
     #[arg(long, env = "UFAAS_DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// Drop every Linux capability in task containers.
+    #[arg(long, env = "UFAAS_DROP_CAPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub drop_caps: bool,
+    /// Set `no-new-privileges` on task containers.
+    #[arg(long, env = "UFAAS_NO_NEW_PRIVILEGES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub no_new_privileges: bool,
+    /// Open files per task process (RLIMIT_NOFILE).
+    #[arg(long, env = "UFAAS_NOFILE", default_value_t = 1024)]
+    pub nofile: i64,
+    /// Largest file a task process may write, in bytes (RLIMIT_FSIZE).
+    #[arg(long, env = "UFAAS_MAX_FILE_BYTES", default_value_t = 1 << 30)]
+    pub max_file_bytes: i64,
+    /// Size cap of each container's json-file log.
+    #[arg(long, env = "UFAAS_LOG_MAX_SIZE", default_value = "1m")]
+    pub log_max_size: String,
+    /// Give task containers a read-only root; `/tmp` and the working directory stay writable.
+    #[arg(long, env = "UFAAS_READ_ONLY_ROOT")]
+    pub read_only_root: bool,
+    /// Run task commands as this user (`uid[:gid]`) instead of the image's.
+    #[arg(long, env = "UFAAS_USER")]
+    pub user: Option<String>,
+    /// OCI runtime for task containers (`runsc` for gVisor).
+    #[arg(long, env = "UFAAS_RUNTIME")]
+    pub runtime: Option<String>,
+    /// A seccomp profile (JSON file) instead of Docker's default.
+    #[arg(long, env = "UFAAS_SECCOMP_PROFILE")]
+    pub seccomp_profile: Option<PathBuf>,
+    /// Hosts (`name`, `name:port`) or networks (`10.0.0.0/8`) that `uri` resources may reach
+    /// although they are loopback, link-local or private; repeatable.
+    #[arg(long = "allow-fetch", env = "UFAAS_ALLOW_FETCH", value_delimiter = ',')]
+    pub allow_fetch: Vec<String>,
     /// Run Docker's init (tini) as each container's PID 1, so zombies are reaped.
     #[arg(long, env = "UFAAS_INIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub init: bool,
@@ -143,6 +186,29 @@ impl ServeConfig {
         })
     }
 
+    /// The container defaults, read once at start (the seccomp profile is a file).
+    pub fn hardening(&self) -> anyhow::Result<crate::docker::Hardening> {
+        let seccomp_profile =
+            match &self.seccomp_profile {
+                Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                    anyhow::anyhow!("reading --seccomp-profile {}: {e}", p.display())
+                })?),
+                None => None,
+            };
+        Ok(crate::docker::Hardening {
+            drop_all_caps: self.drop_caps,
+            no_new_privileges: self.no_new_privileges,
+            nofile: self.nofile,
+            fsize_bytes: self.max_file_bytes,
+            log_max_size: self.log_max_size.clone(),
+            read_only_root: self.read_only_root,
+            writable: Vec::new(),
+            user: self.user.clone(),
+            runtime: self.runtime.clone(),
+            seccomp_profile,
+        })
+    }
+
     pub fn policy(&self) -> Policy {
         Policy {
             max_memory_mb: self.max_memory_mb,
@@ -152,6 +218,10 @@ impl ServeConfig {
             bind_allow: self.allow_bind.clone(),
             max_inline_bytes: self.max_inline_bytes,
             max_tmpfs_bytes: self.max_tmpfs_bytes,
+            // Checked at start by `serve`, so a bad entry never gets this far.
+            fetch_guard: std::sync::Arc::new(
+                crate::netguard::FetchGuard::new(&self.allow_fetch).unwrap_or_default(),
+            ),
         }
     }
 }

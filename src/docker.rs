@@ -15,7 +15,7 @@ use bollard::container::{
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::image::CreateImageOptions;
-use bollard::models::HostConfig;
+use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits};
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -75,6 +75,99 @@ pub struct ContainerSpec {
     pub binds: Vec<String>,
     pub network: bool,
     pub init: bool,
+    pub hardening: Hardening,
+}
+
+/// Container defaults that keep a task in its box. The operator sets them (flags of
+/// `ufaas serve`); no task spec can loosen them.
+#[derive(Debug, Clone)]
+pub struct Hardening {
+    /// `cap_drop: ALL`.
+    pub drop_all_caps: bool,
+    /// `no-new-privileges`: setuid binaries gain nothing.
+    pub no_new_privileges: bool,
+    /// Open files per process (RLIMIT_NOFILE).
+    pub nofile: i64,
+    /// Largest file a process may write, in bytes (RLIMIT_FSIZE).
+    pub fsize_bytes: i64,
+    /// Size cap of the container's json-file log.
+    pub log_max_size: String,
+    /// Read-only root filesystem; `writable` paths become anonymous volumes.
+    pub read_only_root: bool,
+    pub writable: Vec<String>,
+    /// Run as this user (`uid[:gid]`) instead of the image's.
+    pub user: Option<String>,
+    /// OCI runtime (`runsc` for gVisor); Docker's default when `None`.
+    pub runtime: Option<String>,
+    /// A seccomp profile (JSON text); Docker's default profile when `None`.
+    pub seccomp_profile: Option<String>,
+}
+
+impl Default for Hardening {
+    fn default() -> Self {
+        Hardening {
+            drop_all_caps: true,
+            no_new_privileges: true,
+            nofile: 1024,
+            fsize_bytes: 1 << 30,
+            log_max_size: "1m".into(),
+            read_only_root: false,
+            writable: Vec::new(),
+            user: None,
+            runtime: None,
+            seccomp_profile: None,
+        }
+    }
+}
+
+impl Hardening {
+    fn apply(&self, host: &mut HostConfig) {
+        let h = self;
+        if h.drop_all_caps {
+            host.cap_drop = Some(vec!["ALL".into()]);
+        }
+        let mut security = Vec::new();
+        if h.no_new_privileges {
+            security.push("no-new-privileges".to_string());
+        }
+        if let Some(profile) = &h.seccomp_profile {
+            security.push(format!("seccomp={profile}"));
+        }
+        host.security_opt = Some(security);
+        host.ulimits = Some(vec![
+            ResourcesUlimits {
+                name: Some("nofile".into()),
+                soft: Some(h.nofile),
+                hard: Some(h.nofile),
+            },
+            ResourcesUlimits {
+                name: Some("fsize".into()),
+                soft: Some(h.fsize_bytes),
+                hard: Some(h.fsize_bytes),
+            },
+        ]);
+        host.log_config = Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), h.log_max_size.clone()),
+                ("max-file".to_string(), "1".to_string()),
+            ])),
+        });
+        host.readonly_rootfs = Some(h.read_only_root);
+        if h.read_only_root {
+            host.mounts = Some(
+                h.writable
+                    .iter()
+                    .map(|target| Mount {
+                        target: Some(target.clone()),
+                        typ: Some(MountTypeEnum::VOLUME),
+                        ..Default::default()
+                    })
+                    .collect(),
+            );
+        }
+        host.runtime = h.runtime.clone();
+    }
 }
 
 /// One command to run in a live container.
@@ -84,6 +177,7 @@ pub struct ExecRequest {
     pub env: Vec<String>,
     pub working_dir: Option<String>,
     pub stdin: Option<Vec<u8>>,
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +193,9 @@ pub struct ExecResult {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub truncated: bool,
+    /// Output passed eight times the cap plus 1 MiB and we stopped reading: the command may
+    /// still run, and the caller must kill it.
+    pub overflowed: bool,
 }
 
 pub struct Engine {
@@ -221,7 +318,7 @@ impl Engine {
     /// [`Engine::upload`] before start) and returns its id.
     pub async fn create(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
         self.call(|d| async move {
-            let host_config = HostConfig {
+            let mut host_config = HostConfig {
                 memory: Some(spec.memory_bytes),
                 // Equal to memory: no swap on top, so a memory hog is stopped, not slowed.
                 memory_swap: Some(spec.memory_bytes),
@@ -234,12 +331,14 @@ impl Engine {
                 privileged: Some(false),
                 ..Default::default()
             };
+            spec.hardening.apply(&mut host_config);
             let config = Config {
                 image: Some(spec.image.clone()),
                 cmd: Some(pause_cmd()),
                 entrypoint: Some(Vec::new()),
                 labels: Some(spec.labels.clone()),
                 working_dir: spec.working_dir.clone(),
+                user: spec.hardening.user.clone(),
                 network_disabled: Some(!spec.network),
                 host_config: Some(host_config),
                 ..Default::default()
@@ -254,9 +353,14 @@ impl Engine {
 
     /// Unpacks an uncompressed tar at `/` of the container.
     pub async fn upload(&self, id: &str, tar: Vec<u8>) -> Result<(), DockerError> {
+        self.upload_at(id, "/", tar).await
+    }
+
+    /// Unpacks an uncompressed tar at `path` of the container.
+    pub async fn upload_at(&self, id: &str, path: &str, tar: Vec<u8>) -> Result<(), DockerError> {
         self.call(|d| async move {
             let opts = UploadToContainerOptions {
-                path: "/".to_string(),
+                path: path.to_string(),
                 ..Default::default()
             };
             d.upload_to_container(id, Some(opts), Bytes::from(tar))
@@ -302,6 +406,30 @@ impl Engine {
             self.on_error(e).await;
         }
         result
+    }
+
+    /// Whether the container's memory cgroup has hit its limit (cgroup v1's `failcnt`, or a
+    /// peak at the limit): with a SIGKILLed command, that means the OOM killer.
+    pub async fn memory_limit_hit(&self, id: &str) -> Result<bool, DockerError> {
+        self.call(|d| async move {
+            let opts = bollard::container::StatsOptions {
+                stream: false,
+                one_shot: true,
+            };
+            let mut stats = d.stats(id, Some(opts));
+            match stats.next().await {
+                Some(Ok(s)) => {
+                    let m = s.memory_stats;
+                    let failed = m.failcnt.unwrap_or(0) > 0;
+                    let peaked =
+                        matches!((m.max_usage, m.limit), (Some(u), Some(l)) if l > 0 && u >= l);
+                    Ok(failed || peaked)
+                }
+                Some(Err(e)) => Err(e.into()),
+                None => Ok(false),
+            }
+        })
+        .await
     }
 
     pub async fn kill(&self, id: &str) -> Result<(), DockerError> {
@@ -382,6 +510,7 @@ async fn exec_with(
         cmd: Some(req.cmd.clone()),
         env: Some(req.env.clone()),
         working_dir: req.working_dir.clone(),
+        user: req.user.clone(),
         attach_stdin: Some(req.stdin.is_some()),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
@@ -410,6 +539,10 @@ async fn exec_with(
         })
     });
     let mut result = ExecResult::default();
+    // Past the cap, output is read and dropped up to this much, so a task that prints a
+    // little too much still ends on its own; beyond it, it is a flood.
+    let flood = cap.saturating_mul(8).saturating_add(1 << 20);
+    let mut produced = 0usize;
     while let Some(item) = output.next().await {
         let (stream, message) = match item {
             Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
@@ -430,10 +563,20 @@ async fn exec_with(
             Stream::Stderr => &mut result.stderr,
         };
         let room = cap.saturating_sub(buf.len());
+        buf.extend_from_slice(&message[..message.len().min(room)]);
         if message.len() > room {
             result.truncated = true;
         }
-        buf.extend_from_slice(&message[..message.len().min(room)]);
+        produced = produced.saturating_add(message.len());
+        if produced > flood {
+            // A flood (`yes`): stop reading rather than drain it until the timeout; the
+            // caller kills the command.
+            result.overflowed = true;
+            if let Some(f) = feeder {
+                f.abort();
+            }
+            return Ok(result);
+        }
     }
     if let Some(f) = feeder {
         f.abort();

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod model;
+pub mod netguard;
 pub mod resources;
 pub mod runner;
 pub mod spec;
@@ -31,10 +32,24 @@ use store::Store;
 /// Runs the server on `listener` until `shutdown` completes, then ends running tasks and
 /// removes every container it made.
 pub async fn serve(
-    cfg: ServeConfig,
+    mut cfg: ServeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Tokens first: a bad token file, or an exposed address without any, stops the start
+    // before anything is opened.
+    let tokens = http::auth::Tokens::from_config(&mut cfg)?;
+    http::auth::check_exposure(
+        listener.local_addr()?,
+        tokens.is_some(),
+        cfg.insecure_no_auth,
+    )?;
+    if let Some(t) = &tokens {
+        tracing::info!(
+            tokens = t.len(),
+            "every request needs Authorization: Bearer"
+        );
+    }
     let events = Events::new(cfg.ws_queue as usize);
     let store = Store::open(&cfg.db, events).await?;
     let instance = store.instance_id().await?;
@@ -43,7 +58,10 @@ pub async fn serve(
         tracing::warn!(error = %e, "Docker does not answer yet; /readyz says 503 until it does");
     }
     let send_buffer = cfg.socket_send_buffer;
-    let runner = Runner::new(store, engine, cfg, instance);
+    let hardening = cfg.hardening()?;
+    netguard::FetchGuard::new(&cfg.allow_fetch)
+        .map_err(|e| anyhow::anyhow!("--allow-fetch: {e}"))?;
+    let runner = Runner::new(store, engine, cfg, instance, hardening);
     runner.start().await?;
     tracing::info!(addr = %listener.local_addr()?, "ufaas listening");
     // On the signal, the runner stops first so that requests held by `?wait=` are answered
@@ -53,7 +71,7 @@ pub async fn serve(
         shutdown.await;
         stopping.begin_shutdown();
     };
-    let server = warp::serve(http::routes(runner.clone()))
+    let server = warp::serve(http::routes(runner.clone(), tokens))
         .serve_incoming_with_graceful_shutdown(accepted(listener, send_buffer), signal);
     server.await;
     runner.shutdown().await;

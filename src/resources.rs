@@ -218,11 +218,30 @@ pub async fn prepare(
     Ok(out)
 }
 
-/// A client for `uri` resources: bounded redirects, a whole-request timeout.
-pub fn http_client(timeout: Duration) -> reqwest::Client {
+/// A client for `uri` resources: a whole-request timeout, at most five redirects, and no
+/// address the guard refuses, whether named, resolved or redirected to.
+pub fn http_client(
+    timeout: Duration,
+    guard: std::sync::Arc<crate::netguard::FetchGuard>,
+) -> reqwest::Client {
+    let redirect_guard = guard.clone();
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            return attempt.error("more than 5 redirects");
+        }
+        if !matches!(attempt.url().scheme(), "http" | "https") {
+            return attempt.error("redirect to a scheme other than http or https");
+        }
+        let host = attempt.url().host_str().unwrap_or_default().to_string();
+        match redirect_guard.check_host(&host) {
+            Ok(()) => attempt.follow(),
+            Err(why) => attempt.error(format!("redirect refused: {why}")),
+        }
+    });
     reqwest::Client::builder()
         .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::limited(5))
+        .redirect(redirects)
+        .dns_resolver(std::sync::Arc::new(crate::netguard::GuardedResolver(guard)))
         .user_agent(concat!("ufaas/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_default()
@@ -278,6 +297,76 @@ async fn fetch(
         }
     }
     Ok(body)
+}
+
+/// Splits an upload (a tar to unpack at `/`) into one tar per writable root, each to unpack
+/// at its root: Docker refuses an upload at `/` of a container with a read-only root, but
+/// takes one into a volume. An entry under no root is an error naming it.
+pub fn split_by_root(tar_bytes: &[u8], roots: &[String]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut parts: Vec<(String, tar::Builder<Vec<u8>>)> = Vec::new();
+    let mut archive = tar::Archive::new(tar_bytes);
+    let entries = archive.entries().map_err(|e| e.to_string())?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let path = format!(
+            "/{}",
+            String::from_utf8_lossy(&entry.path_bytes()).trim_end_matches('/')
+        );
+        let root = roots
+            .iter()
+            .filter(|r| path == **r || path.starts_with(&format!("{}/", r.trim_end_matches('/'))))
+            .max_by_key(|r| r.len())
+            .ok_or_else(|| {
+                format!(
+                    "with a read-only root, files may only be placed under {}; `{path}` is not",
+                    roots.join(", ")
+                )
+            })?;
+        let rel = path[root.trim_end_matches('/').len()..]
+            .trim_start_matches('/')
+            .to_string();
+        if rel.is_empty() {
+            continue; // the root itself exists already
+        }
+        let idx = match parts.iter().position(|(r, _)| r == root) {
+            Some(i) => i,
+            None => {
+                parts.push((root.clone(), tar::Builder::new(Vec::new())));
+                parts.len() - 1
+            }
+        };
+        let mut header = entry.header().clone();
+        let builder = &mut parts[idx].1;
+        match header.entry_type() {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                builder
+                    .append_link(&mut header, &rel, target)
+                    .map_err(|e| e.to_string())?;
+            }
+            tar::EntryType::Directory => {
+                builder
+                    .append_data(&mut header, format!("{rel}/"), std::io::empty())
+                    .map_err(|e| e.to_string())?;
+            }
+            _ => {
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).map_err(|e| e.to_string())?;
+                builder
+                    .append_data(&mut header, &rel, data.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    parts
+        .into_iter()
+        .map(|(root, b)| b.into_inner().map(|t| (root, t)).map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// Normalises an archive entry's path; `None` for an absolute path or one with `..`.
@@ -532,6 +621,45 @@ mod tests {
             1000
         )
         .is_err());
+    }
+
+    #[test]
+    fn uploads_split_by_writable_root() {
+        let mut w = TarWriter::new();
+        w.file("/.ufaas/pause", b"P", 0o755).ok();
+        w.file("/work/a/b.txt", b"B", 0o644).ok();
+        w.file("/tmp/t", b"T", 0o600).ok();
+        let tar = w.finish().unwrap_or_default();
+        let roots = vec![
+            "/tmp".to_string(),
+            "/.ufaas".to_string(),
+            "/work".to_string(),
+        ];
+        let parts = split_by_root(&tar, &roots).unwrap_or_default();
+        type Part = (String, Vec<(String, Vec<u8>)>);
+        let got: Vec<Part> = parts.into_iter().map(|(r, t)| (r, read_back(t))).collect();
+        assert_eq!(
+            got[0],
+            (
+                "/.ufaas".to_string(),
+                vec![("pause".to_string(), b"P".to_vec())]
+            )
+        );
+        assert_eq!(
+            got[1],
+            (
+                "/work".to_string(),
+                vec![("a/b.txt".to_string(), b"B".to_vec())]
+            )
+        );
+        assert_eq!(
+            got[2],
+            ("/tmp".to_string(), vec![("t".to_string(), b"T".to_vec())])
+        );
+        let mut w = TarWriter::new();
+        w.file("/etc/evil", b"x", 0o644).ok();
+        let e = split_by_root(&w.finish().unwrap_or_default(), &roots).err();
+        assert!(e.is_some_and(|m| m.contains("/etc/evil")));
     }
 
     #[test]

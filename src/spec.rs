@@ -22,6 +22,8 @@ pub struct Policy {
     /// Decoded bytes of all inline (text and base64) resources of one task.
     pub max_inline_bytes: u64,
     pub max_tmpfs_bytes: u64,
+    /// Where `uri` resources may be fetched from.
+    pub fetch_guard: std::sync::Arc<crate::netguard::FetchGuard>,
 }
 
 impl Default for Policy {
@@ -34,6 +36,7 @@ impl Default for Policy {
             bind_allow: Vec::new(),
             max_inline_bytes: 32 << 20,
             max_tmpfs_bytes: 1 << 30,
+            fetch_guard: Default::default(),
         }
     }
 }
@@ -747,6 +750,17 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
     })
 }
 
+/// Host paths that hold the container engine's socket or state: a task given any of them, or
+/// a directory above them, could take the host. Never mounted, whatever the allow-list says.
+const ENGINE_PATHS: &[&str] = &[
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/containerd",
+    "/var/run/containerd",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+];
+
 const FILE_FIELDS: &[&str] = &[
     "dest",
     "data",
@@ -832,6 +846,21 @@ fn parse_resource(
                     .iter()
                     .any(|a| std::path::Path::new(h).starts_with(a))
             });
+            let exposes_engine = host_norm.as_ref().is_some_and(|h| {
+                ENGINE_PATHS.iter().any(|p| {
+                    std::path::Path::new(p).starts_with(h) || std::path::Path::new(h).starts_with(p)
+                })
+            });
+            if exposes_engine {
+                return Err(ApiError::new(
+                    403,
+                    "bind_not_allowed",
+                    format!(
+                        "host path `{host}` would expose the container engine; it is never mounted"
+                    ),
+                )
+                .with_field(f("bind")));
+            }
             if !allowed {
                 return Err(ApiError::new(
                     403,
@@ -869,6 +898,17 @@ fn parse_resource(
                         &f("uri"),
                         "`uri` must be an http or https URL with a host",
                     ));
+                }
+                if let Err(why) = policy
+                    .fetch_guard
+                    .check_host(parsed.host_str().unwrap_or_default())
+                {
+                    return Err(ApiError::new(
+                        403,
+                        "uri_not_allowed",
+                        format!("`uri` may not be fetched: {why} (the operator can allow it with --allow-fetch)"),
+                    )
+                    .with_field(f("uri")));
                 }
                 let sha256 = match get_str(obj, "sha256", &f("sha256"))? {
                     None => None,
@@ -1217,6 +1257,63 @@ mod tests {
         );
         let e = parse(v, &policy, ParseContext::default()).err();
         assert_eq!(e.map(|e| e.status), Some(413));
+    }
+
+    #[test]
+    fn uri_hosts_on_the_machine_or_private_networks_are_refused() {
+        for uri in [
+            "http://localhost/x",
+            "http://127.0.0.1:8080/x",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.1/",
+            "http://192.168.1.1/",
+            "http://172.16.5.5/",
+            "http://[::1]/",
+            "http://0.0.0.0/",
+        ] {
+            let e = err(with("resource_list", json!([{"dest": "a", "uri": uri}])));
+            assert_eq!(
+                (e.status, e.code.as_str(), e.field.as_deref()),
+                (403, "uri_not_allowed", Some("resource_list[0].uri")),
+                "{uri}"
+            );
+        }
+        let guard =
+            crate::netguard::FetchGuard::new(&["127.0.0.1".to_string()]).unwrap_or_default();
+        let policy = Policy {
+            fetch_guard: std::sync::Arc::new(guard),
+            ..Policy::default()
+        };
+        let v = with(
+            "resource_list",
+            json!([{"dest": "a", "uri": "http://127.0.0.1:9/x"}]),
+        );
+        assert!(parse(v, &policy, ParseContext::default()).is_ok());
+    }
+
+    #[test]
+    fn the_engine_socket_is_never_mounted() {
+        let policy = Policy {
+            bind_allow: vec![PathBuf::from("/")],
+            ..Policy::default()
+        };
+        for host in [
+            "/var/run/docker.sock",
+            "/var/run",
+            "/",
+            "/run",
+            "/var/lib/docker/volumes",
+        ] {
+            let v = with("resource_list", json!([{"dest": "/d", "bind": host}]));
+            let e = parse(v, &policy, ParseContext::default()).err();
+            assert_eq!(
+                e.map(|e| (e.status, e.code)),
+                Some((403, "bind_not_allowed".to_string())),
+                "{host}"
+            );
+        }
+        let v = with("resource_list", json!([{"dest": "/d", "bind": "/srv"}]));
+        assert!(parse(v, &policy, ParseContext::default()).is_ok());
     }
 
     #[test]

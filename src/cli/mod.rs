@@ -8,6 +8,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Debug, Clone, Args)]
@@ -15,6 +17,59 @@ pub struct ServerArg {
     /// The server's base URL.
     #[arg(long, env = "UFAAS_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
+    /// API token, sent as `Authorization: Bearer <token>` (prefer the environment variable:
+    /// a flag shows in the process list).
+    #[arg(long, env = "UFAAS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Hint printed when the server answers 401.
+const TOKEN_HINT: &str = "the server wants a valid API token: pass --token or set UFAAS_TOKEN";
+
+impl ServerArg {
+    /// The `Authorization` header value, when a token is given.
+    fn authorization(&self) -> anyhow::Result<Option<HeaderValue>> {
+        let token = self.token.as_deref().map(str::trim);
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| anyhow!("--token may only hold visible ASCII characters"))?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+
+    /// Opens the WebSocket at `url`, with the token on the handshake.
+    async fn connect(
+        &self,
+        url: &str,
+    ) -> anyhow::Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    > {
+        let mut request = url
+            .into_client_request()
+            .with_context(|| format!("bad WebSocket URL {url}"))?;
+        if let Some(value) = self.authorization()? {
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp))
+                if resp.status() == StatusCode::UNAUTHORIZED =>
+            {
+                let message = resp
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    .and_then(|v| v["message"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "401 Unauthorized".into());
+                bail!("connecting to {url}: {message}; {TOKEN_HINT}")
+            }
+            Err(e) => Err(e).with_context(|| format!("connecting to {url}")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -117,9 +172,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<i32> {
             query.push(("output", "true".into()));
         }
         let url = ws_url(&args.server.server, &query)?;
-        let (mut socket, _) = tokio_tungstenite::connect_async(&url)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
+        let mut socket = args.server.connect(&url).await?;
         let mut resume = false;
         while let Some(msg) = socket.next().await {
             let text = match msg.context("reading from the server")? {
@@ -188,10 +241,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let spec = read_spec(&args.spec)?;
     if !args.follow {
         let url = format!("{}/fn?wait=3600", args.server.server.trim_end_matches('/'));
-        let resp = reqwest::Client::new().post(&url).json(&spec).send().await?;
+        let mut request = reqwest::Client::new().post(&url).json(&spec);
+        if let Some(value) = args.server.authorization()? {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let resp = request.send().await?;
         let status = resp.status();
         let body: Value = resp.json().await.context("reading the server's answer")?;
         println!("{}", serde_json::to_string_pretty(&body)?);
+        if status.as_u16() == 401 {
+            eprintln!("ufaas: {TOKEN_HINT}");
+        }
         if !status.is_success() {
             return Ok(2);
         }
@@ -204,9 +264,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         &args.server.server,
         &[("task", nil), ("output", "true".into())],
     )?;
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let mut socket = args.server.connect(&url).await?;
     socket
         .send(Message::text(
             json!({"op": "submit", "ref": "run", "spec": spec}).to_string(),

@@ -20,6 +20,7 @@ use crate::model::{TaskId, TaskState};
 use crate::runner::{DeleteOptions, Runner};
 use crate::store::ListFilter;
 
+pub mod auth;
 pub mod ws;
 
 /// Longest `?wait=` honoured, in seconds.
@@ -27,8 +28,11 @@ pub const MAX_WAIT_SECONDS: f64 = 3600.0;
 
 type Query = Vec<(String, String)>;
 
+/// Every route, behind the token check when `tokens` is set: the check runs once in front of
+/// the whole chain, so no route can skip it and its 401 wins over any other rejection.
 pub fn routes(
     runner: Arc<Runner>,
+    tokens: Option<auth::Tokens>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let limit = runner.max_body_bytes();
     let with_runner = warp::any().map(move || runner.clone());
@@ -97,7 +101,7 @@ pub fn routes(
         .then(delete_task)
         .boxed();
 
-    websocket
+    let routes = websocket
         .or(healthz)
         .unify()
         .or(readyz)
@@ -113,7 +117,9 @@ pub fn routes(
         .or(update)
         .unify()
         .or(delete)
-        .unify()
+        .unify();
+    auth::filter(tokens)
+        .and(routes)
         .recover(recover)
         .unify()
         .with(warp::trace::request())
@@ -481,5 +487,12 @@ async fn recover(rej: Rejection) -> Result<Response, Infallible> {
         tracing::warn!(rejection = ?rej, "unhandled rejection");
         ApiError::internal(format!("unhandled: {rej:?}"))
     };
-    Ok(error_reply(e))
+    let mut resp = error_reply(e);
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static(auth::CHALLENGE),
+        );
+    }
+    Ok(resp)
 }

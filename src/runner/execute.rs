@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::keep::Kept;
 use super::{terminal_for_exit, Runner};
 use crate::docker::{
-    pause_program, ContainerSpec, ExecRequest, ExecResult, LABEL_INSTANCE, LABEL_TASK, PAUSE_PATH,
+    pause_program, ContainerSpec, ExecRequest, ExecResult, Hardening, LABEL_INSTANCE, LABEL_TASK,
+    PAUSE_PATH,
 };
 use crate::events::OutputEvent;
 use crate::model::{ContainerState, Locality, TaskId, TaskState};
@@ -22,6 +23,8 @@ use crate::store::{Outcome, TaskRecord};
 /// Why a run stopped early.
 enum Stop {
     Cancelled,
+    /// The command printed past `--max-output-bytes`.
+    Overflow,
     Shutdown,
     Timeout(u64),
     Ttl(u64),
@@ -126,6 +129,7 @@ impl Runner {
             env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             working_dir: spec.pwd.clone(),
             stdin: spec.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
+            user: self.hardening.user.clone(),
         };
         let events = self.store.events().clone();
         let task_id = task.id;
@@ -144,7 +148,16 @@ impl Runner {
         tokio::pin!(exec);
         let mut stop = None;
         let result = tokio::select! {
-            r = &mut exec => r,
+            r = &mut exec => match r {
+                Ok(r) if r.overflowed => {
+                    stop = Some(Stop::Overflow);
+                    if let Err(e) = self.engine.kill(&cid).await {
+                        tracing::warn!(container = %cid, error = %e, "kill after an output flood failed");
+                    }
+                    Ok(r)
+                }
+                other => other,
+            },
             _ = tokio::time::sleep_until(deadline) => {
                 stop = Some(if by_ttl { Stop::Ttl(placement.ttl) } else { Stop::Timeout(timeout) });
                 self.kill_and_collect(&cid, exec).await
@@ -161,6 +174,11 @@ impl Runner {
             Ok(r) => fill_output(&mut outcome, r),
             Err(e) => exec_failed = Some(e.to_string()),
         }
+        // A command SIGKILLed by nobody we know of, in a container at its memory limit: the
+        // OOM killer. Asked before the container may go.
+        let oom = stop.is_none()
+            && outcome.exit_code == Some(137)
+            && self.engine.memory_limit_hit(&cid).await.unwrap_or(false);
         // A killed container cannot be reused; anything not kept goes now.
         let keep = placement.keep && stop.is_none();
         if placement.keep {
@@ -181,6 +199,13 @@ impl Runner {
                 outcome.error = Some("the server shut down while the task ran".into());
                 TaskState::Failed
             }
+            Some(Stop::Overflow) => {
+                outcome.error = Some(format!(
+                    "the output passed the server's cap of {} bytes many times over; the task was killed",
+                    self.cfg.max_output_bytes
+                ));
+                TaskState::Failed
+            }
             Some(Stop::Timeout(s)) => {
                 outcome.error = Some(format!("timed out after {s} s"));
                 TaskState::Expired
@@ -192,6 +217,13 @@ impl Runner {
             None => match exec_failed {
                 Some(e) => {
                     outcome.error = Some(format!("running the command failed: {e}"));
+                    TaskState::Failed
+                }
+                None if oom => {
+                    let mb = spec.limits.memory_mb.unwrap_or(self.cfg.default_memory_mb);
+                    outcome.error = Some(format!(
+                        "out of memory: the task passed its memory limit of {mb} MiB and was killed"
+                    ));
                     TaskState::Failed
                 }
                 None => {
@@ -273,7 +305,7 @@ impl Runner {
                     .await
                     .map_err(|e| e.to_string())?;
                 if let Some(tar) = prepared.tar {
-                    if let Err(e) = self.engine.upload(&cid, tar).await {
+                    if let Err(e) = self.place_files(&cid, tar, &workdir).await {
                         self.kept.release(&cid);
                         return Err(format!("placing the resources failed: {e}"));
                     }
@@ -320,6 +352,12 @@ impl Runner {
             binds: prepared.binds,
             network: spec.network,
             init: self.cfg.init,
+            hardening: Hardening {
+                // With a read-only root, what must stay writable (and take our uploads) are
+                // anonymous volumes, removed with the container.
+                writable: writable_roots(&workdir),
+                ..self.hardening.clone()
+            },
         };
         let ttl = spec.ttl.unwrap_or(self.cfg.default_ttl);
         let expires_at = Instant::now() + Duration::from_secs(ttl);
@@ -336,8 +374,7 @@ impl Runner {
                 .await
                 .map_err(|e| fail("recording the container", &e))?;
             if let Some(tar) = prepared.tar {
-                self.engine
-                    .upload(&cid, tar)
+                self.place_files(&cid, tar, &workdir)
                     .await
                     .map_err(|e| fail("placing the resources", &e))?;
             }
@@ -380,6 +417,26 @@ impl Runner {
         })
     }
 
+    /// Uploads a task's files: one tar at `/`, or with a read-only root one tar per writable
+    /// volume (the only places Docker will unpack into then).
+    async fn place_files(&self, cid: &str, tar: Vec<u8>, workdir: &str) -> Result<(), String> {
+        if !self.hardening.read_only_root {
+            return self
+                .engine
+                .upload(cid, tar)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        let roots: Vec<String> = writable_roots(workdir);
+        for (root, part) in resources::split_by_root(&tar, &roots)? {
+            self.engine
+                .upload_at(cid, &root, part)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// The kept, running container of task `target`, taken for one more task.
     async fn find_kept(&self, target: TaskId) -> Option<(String, Kept)> {
         let record = self.store.get(target).await.ok().flatten()?;
@@ -395,6 +452,17 @@ impl Runner {
             }
         }
     }
+}
+
+/// What stays writable under `--read-only-root`.
+fn writable_roots(workdir: &str) -> Vec<String> {
+    let mut roots: Vec<String> = ["/tmp", "/.ufaas", workdir]
+        .into_iter()
+        .filter(|p| *p != "/")
+        .map(str::to_string)
+        .collect();
+    roots.dedup();
+    roots
 }
 
 async fn task_has_no_container(store: &crate::store::Store, id: TaskId) -> bool {

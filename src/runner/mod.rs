@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
-use crate::docker::{Engine, LABEL_INSTANCE};
+use crate::docker::{Engine, Hardening, LABEL_INSTANCE};
 use crate::error::ApiError;
 use crate::events::StateEvent;
 use crate::model::{ContainerState, TaskId, TaskState};
@@ -48,6 +48,7 @@ struct Running {
 
 pub struct Runner {
     store: Store,
+    hardening: Hardening,
     engine: Arc<Engine>,
     cfg: ServeConfig,
     policy: Policy,
@@ -76,9 +77,14 @@ impl Runner {
         engine: Arc<Engine>,
         cfg: ServeConfig,
         instance: String,
+        hardening: Hardening,
     ) -> Arc<Runner> {
         Arc::new(Runner {
-            http: crate::resources::http_client(Duration::from_secs(cfg.fetch_timeout)),
+            hardening,
+            http: crate::resources::http_client(
+                Duration::from_secs(cfg.fetch_timeout),
+                cfg.policy().fetch_guard,
+            ),
             policy: cfg.policy(),
             store,
             engine,
@@ -203,6 +209,7 @@ impl Runner {
             reuse_image: reuse_image.as_deref(),
         };
         let spec = spec::parse(body, &self.policy, ctx)?;
+        self.check_fetch_names(&spec).await?;
         let record = self
             .store
             .insert(
@@ -219,6 +226,46 @@ impl Runner {
             .await?;
         self.wake.notify_one();
         Ok(record)
+    }
+
+    /// Resolves the host names of `uri` resources now, so one that points at this machine or
+    /// a private network is refused before the task is stored (it is checked again when
+    /// fetched). A name that does not resolve now is left for the fetch to report.
+    async fn check_fetch_names(&self, spec: &spec::TaskSpec) -> Result<(), ApiError> {
+        for (i, res) in spec.resource_list.iter().enumerate() {
+            let spec::Resource::File {
+                source: spec::Source::Uri { uri, .. },
+                ..
+            } = res
+            else {
+                continue;
+            };
+            let Ok(url) = reqwest::Url::parse(uri) else {
+                continue;
+            };
+            let Some(host) = url.host_str() else { continue };
+            if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+                continue; // literal addresses were judged by the parser
+            }
+            let port = url.port_or_known_default().unwrap_or(80);
+            let lookup = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::lookup_host((host, port)),
+            )
+            .await;
+            if let Ok(Ok(addrs)) = lookup {
+                let addrs: Vec<_> = addrs.collect();
+                if let Err(why) = self.policy.fetch_guard.check_resolved(host, &addrs) {
+                    return Err(ApiError::new(
+                        403,
+                        "uri_not_allowed",
+                        format!("`uri` may not be fetched: {why} (the operator can allow it with --allow-fetch)"),
+                    )
+                    .with_field(format!("resource_list[{i}].uri")));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `PUT /fn/{id}`: replaces (or merge-patches) the spec of a task that has not started.

@@ -67,6 +67,34 @@ impl Server {
     }
 
     pub async fn start_on(cfg: ServeConfig, dir: tempfile::TempDir) -> Server {
+        Self::start_client(cfg, dir, reqwest::Client::new()).await
+    }
+
+    /// Starts a server that wants `Authorization: Bearer {token}` (`tweak` may add more
+    /// tokens); `http`, and so every helper, sends that token.
+    pub async fn start_authed(token: &str, tweak: impl FnOnce(&mut ServeConfig)) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = ServeConfig::defaults();
+        cfg.db = dir.path().join("ufaas.db");
+        cfg.token = Some(token.to_string());
+        tweak(&mut cfg);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header value"),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client");
+        Self::start_client(cfg, dir, http).await
+    }
+
+    async fn start_client(
+        cfg: ServeConfig,
+        dir: tempfile::TempDir,
+        http: reqwest::Client,
+    ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -78,8 +106,8 @@ impl Server {
         }));
         let server = Server {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
             db,
+            http,
             shutdown: Some(tx),
             handle: Some(handle),
             _dir: dir,
