@@ -55,6 +55,9 @@ fn status_of(e: &BollardError) -> Option<u16> {
 
 /// The label every container of this server carries, with the database's instance id.
 pub const LABEL_INSTANCE: &str = "ufaas.instance";
+/// The label naming the server process (one id per start) that made the container: what an
+/// earlier run left is told apart from what this one makes.
+pub const LABEL_BOOT: &str = "ufaas.boot";
 /// The label naming the task that made the container.
 pub const LABEL_TASK: &str = "ufaas.task";
 /// Where the idle main process of every container is placed.
@@ -391,21 +394,60 @@ impl Engine {
         .await
     }
 
-    /// Runs a command in a live container, feeding `stdin`, keeping up to `cap` bytes of each
-    /// stream and handing every chunk to `on_chunk` as it comes.
-    pub async fn exec(
+    /// Creates (does not start) the exec that will run `req` in container `id`.
+    pub async fn create_exec(&self, id: &str, req: &ExecRequest) -> Result<String, DockerError> {
+        self.call(|d| async move {
+            let opts = CreateExecOptions {
+                cmd: Some(req.cmd.clone()),
+                env: Some(req.env.clone()),
+                working_dir: req.working_dir.clone(),
+                user: req.user.clone(),
+                attach_stdin: Some(req.stdin.is_some()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                tty: Some(false),
+                ..Default::default()
+            };
+            let exec = d
+                .create_exec(id, opts)
+                .await
+                .map_err(|e| map_container_err(id, e))?;
+            Ok(exec.id)
+        })
+        .await
+    }
+
+    /// Starts exec `exec_id`, feeding `stdin`, keeping up to `cap` bytes of each stream and
+    /// handing every chunk to `on_chunk` as it comes.
+    pub async fn run_exec(
         &self,
-        id: &str,
-        req: &ExecRequest,
+        exec_id: &str,
+        stdin: Option<Vec<u8>>,
         cap: usize,
         on_chunk: &(dyn Fn(Stream, &[u8]) + Send + Sync),
     ) -> Result<ExecResult, DockerError> {
         let d = self.client().await?;
-        let result = exec_with(&d, id, req, cap, on_chunk).await;
+        let result = run_exec_with(&d, exec_id, stdin, cap, on_chunk).await;
         if let Err(e) = &result {
             self.on_error(e).await;
         }
         result
+    }
+
+    /// How an exec stands: `Some((running, exit code))`, or `None` when Docker no longer knows
+    /// it (its container is gone).
+    pub async fn exec_state(
+        &self,
+        exec_id: &str,
+    ) -> Result<Option<(bool, Option<i64>)>, DockerError> {
+        self.call(|d| async move {
+            match d.inspect_exec(exec_id).await {
+                Ok(info) => Ok(Some((info.running == Some(true), info.exit_code))),
+                Err(e) if status_of(&e) == Some(404) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     /// Whether the container's memory cgroup has hit its limit (cgroup v1's `failcnt`, or a
@@ -466,6 +508,29 @@ impl Engine {
         .await
     }
 
+    /// Every container (running or not) carrying `key=value`, with its labels.
+    pub async fn list_labelled_with(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
+        self.call(|d| async move {
+            let mut filters = HashMap::new();
+            filters.insert("label".to_string(), vec![format!("{key}={value}")]);
+            let opts = ListContainersOptions {
+                all: true,
+                filters,
+                ..Default::default()
+            };
+            let list = d.list_containers(Some(opts)).await?;
+            Ok(list
+                .into_iter()
+                .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+                .collect())
+        })
+        .await
+    }
+
     /// Ids of every container (running or not) carrying `key=value`.
     pub async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, DockerError> {
         self.call(|d| async move {
@@ -499,29 +564,14 @@ fn workdir_of(info: &bollard::models::ImageInspect) -> String {
         .unwrap_or_else(|| "/".to_string())
 }
 
-async fn exec_with(
+async fn run_exec_with(
     d: &Docker,
-    id: &str,
-    req: &ExecRequest,
+    exec_id: &str,
+    stdin: Option<Vec<u8>>,
     cap: usize,
     on_chunk: &(dyn Fn(Stream, &[u8]) + Send + Sync),
 ) -> Result<ExecResult, DockerError> {
-    let opts = CreateExecOptions {
-        cmd: Some(req.cmd.clone()),
-        env: Some(req.env.clone()),
-        working_dir: req.working_dir.clone(),
-        user: req.user.clone(),
-        attach_stdin: Some(req.stdin.is_some()),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        tty: Some(false),
-        ..Default::default()
-    };
-    let exec = d
-        .create_exec(id, opts)
-        .await
-        .map_err(|e| map_container_err(id, e))?;
-    let started = d.start_exec(&exec.id, None).await?;
+    let started = d.start_exec(exec_id, None).await?;
     let StartExecResults::Attached {
         mut output,
         mut input,
@@ -530,7 +580,7 @@ async fn exec_with(
         return Err(DockerError::Api("exec started detached".into()));
     };
     // Feed stdin from its own task so a command that prints before it reads cannot deadlock.
-    let feeder = req.stdin.clone().map(|data| {
+    let feeder = stdin.map(|data| {
         tokio::spawn(async move {
             let _ = input.write_all(&data).await;
             let _ = input.flush().await;
@@ -584,7 +634,7 @@ async fn exec_with(
     // The stream closes as the process exits; Docker may take a moment to record the code.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let info = d.inspect_exec(&exec.id).await?;
+        let info = d.inspect_exec(exec_id).await?;
         if info.running != Some(true) || tokio::time::Instant::now() >= deadline {
             result.exit_code = info.exit_code;
             break;

@@ -17,6 +17,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(cfg) => {
             let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+            // One plain line on stdout with the real address (useful with `--listen …:0`).
+            println!("ufaas listening on http://{}", listener.local_addr()?);
             ufaas::serve(*cfg, listener, shutdown_signal()).await
         }
         Command::Watch(args) => std::process::exit(ufaas::cli::watch(args).await?),

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::keep::Kept;
 use super::{terminal_for_exit, Runner};
 use crate::docker::{
-    pause_program, ContainerSpec, ExecRequest, ExecResult, Hardening, LABEL_INSTANCE, LABEL_TASK,
-    PAUSE_PATH,
+    pause_program, ContainerSpec, ExecRequest, ExecResult, Hardening, LABEL_BOOT, LABEL_INSTANCE,
+    LABEL_TASK, PAUSE_PATH,
 };
 use crate::events::OutputEvent;
 use crate::model::{ContainerState, Locality, TaskId, TaskState};
@@ -109,11 +109,7 @@ impl Runner {
 
         let started = Instant::now();
         if let Err(e) = self.store.mark_running(task.id).await {
-            if placement.keep {
-                self.kept.release(&cid);
-            } else {
-                self.drop_container(&cid).await;
-            }
+            self.drop_or_release(&placement).await;
             return Err(format!("could not record RUNNING: {e}"));
         }
 
@@ -142,9 +138,24 @@ impl Runner {
                 events.publish_output(OutputEvent::new(task_id, name, data));
             }
         };
-        let exec = self
-            .engine
-            .exec(&cid, &req, self.cfg.max_output_bytes, &live_output);
+        // The exec is made and recorded before it starts, so a restarted server can always
+        // learn how it ended.
+        let exec_id = match self.engine.create_exec(&cid, &req).await {
+            Ok(x) => x,
+            Err(e) => {
+                self.drop_or_release(&placement).await;
+                return Err(format!("creating the command failed: {e}"));
+            }
+        };
+        if let Err(e) = self.store.set_exec(task_id, &exec_id).await {
+            tracing::warn!(task = %task_id, error = %e, "could not record the exec id");
+        }
+        let exec = self.engine.run_exec(
+            &exec_id,
+            req.stdin.clone(),
+            self.cfg.max_output_bytes,
+            &live_output,
+        );
         tokio::pin!(exec);
         let mut stop = None;
         let result = tokio::select! {
@@ -174,6 +185,7 @@ impl Runner {
             Ok(r) => fill_output(&mut outcome, r),
             Err(e) => exec_failed = Some(e.to_string()),
         }
+        let gone = exec_failed.is_some() && !self.engine.is_running(&cid).await.unwrap_or(true);
         // A command SIGKILLed by nobody we know of, in a container at its memory limit: the
         // OOM killer. Asked before the container may go.
         let oom = stop.is_none()
@@ -216,7 +228,11 @@ impl Runner {
             }
             None => match exec_failed {
                 Some(e) => {
-                    outcome.error = Some(format!("running the command failed: {e}"));
+                    outcome.error = Some(if gone {
+                        "the task's container was removed from outside while it ran".to_string()
+                    } else {
+                        format!("running the command failed: {e}")
+                    });
                     TaskState::Failed
                 }
                 None if oom => {
@@ -242,6 +258,15 @@ impl Runner {
             },
         };
         Ok((state, outcome, Some(container_state)))
+    }
+
+    /// A run that ends before its command: a kept container is handed back, another removed.
+    async fn drop_or_release(&self, placement: &Placement) {
+        if placement.keep {
+            self.kept.release(&placement.container);
+        } else {
+            self.drop_container(&placement.container).await;
+        }
     }
 
     async fn kill_and_collect(
@@ -341,6 +366,7 @@ impl Runner {
         let mut labels = HashMap::new();
         labels.insert(LABEL_INSTANCE.to_string(), self.instance.clone());
         labels.insert(LABEL_TASK.to_string(), task.id.to_string());
+        labels.insert(LABEL_BOOT.to_string(), self.boot.clone());
         let cspec = ContainerSpec {
             image: spec.image.clone(),
             labels,

@@ -4,6 +4,7 @@
 
 mod execute;
 pub mod keep;
+mod reconcile;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -62,6 +63,8 @@ pub struct Runner {
     kept: KeptSet,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// This start's id, on every container it makes (label `ufaas.boot`).
+    boot: String,
 }
 
 /// What `DELETE /fn/{id}` may do beyond cancelling.
@@ -96,6 +99,7 @@ impl Runner {
             kept: KeptSet::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            boot: uuid::Uuid::new_v4().simple().to_string(),
         })
     }
 
@@ -127,29 +131,11 @@ impl Runner {
     /// Cleans up after a previous run of this database, then starts the dispatcher and the
     /// reaper.
     pub async fn start(self: &Arc<Self>) -> Result<(), StoreError> {
-        match self
-            .engine
-            .list_labelled(LABEL_INSTANCE, &self.instance)
-            .await
-        {
-            Ok(leftovers) => {
-                for id in leftovers {
-                    if let Err(e) = self.engine.remove(&id).await {
-                        tracing::warn!(container = %id, error = %e, "could not remove a leftover container");
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "Docker does not answer at start; leftovers stay until it does")
-            }
-        }
-        let ended = self.store.recover().await?;
-        if ended > 0 {
-            tracing::warn!(
-                ended,
-                "tasks left running by a previous run were marked FAILED"
-            );
-        }
+        self.store.recover().await?;
+        let unfinished = self.store.unfinished().await?;
+        let me = self.clone();
+        self.tracker
+            .spawn(async move { me.reconcile(unfinished).await });
         let me = self.clone();
         self.tracker.spawn(async move { me.dispatch().await });
         let me = self.clone();

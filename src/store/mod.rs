@@ -47,6 +47,9 @@ pub struct TaskRecord {
     pub reused_container_of: Option<TaskId>,
     pub locality: Option<Locality>,
     pub spec: Value,
+    /// The Docker exec the task ran as (not shown in the API).
+    #[serde(skip)]
+    pub exec_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,10 +78,11 @@ struct TaskRow {
     container_state: Option<String>,
     reuse_of: Option<String>,
     locality: Option<String>,
+    exec_id: Option<String>,
 }
 
 const COLUMNS: &str = "id, task_name, state, image, priority, spec, created_at, started_at, finished_at, \
-    exit_code, stdout, stderr, output_truncated, error, container_id, container_state, reuse_of, locality";
+    exit_code, stdout, stderr, output_truncated, error, container_id, container_state, reuse_of, locality, exec_id";
 
 impl TryFrom<TaskRow> for TaskRecord {
     type Error = StoreError;
@@ -119,6 +123,7 @@ impl TryFrom<TaskRow> for TaskRecord {
             stderr: r.stderr,
             output_truncated: r.output_truncated,
             error: r.error,
+            exec_id: r.exec_id,
         })
     }
 }
@@ -359,6 +364,47 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records the Docker exec a task runs as.
+    pub async fn set_exec(&self, id: TaskId, exec_id: &str) -> Result<(), StoreError> {
+        let _w = self.write.lock().await;
+        sqlx::query("UPDATE tasks SET exec_id = ? WHERE id = ?")
+            .bind(exec_id)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Tasks a previous run left STARTING or RUNNING.
+    pub async fn unfinished(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows: Vec<TaskRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM tasks WHERE state IN ('STARTING', 'RUNNING') ORDER BY num"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(TaskRecord::try_from).collect()
+    }
+
+    /// A STARTING task whose command never began goes back to the queue.
+    pub async fn requeue(&self, id: TaskId) -> Result<bool, StoreError> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let done = sqlx::query(
+            "UPDATE tasks SET state = 'PENDING', container_id = NULL, container_state = NULL, locality = NULL \
+             WHERE id = ? AND state = 'STARTING'",
+        )
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let ev =
+            Self::event_in(&mut tx, &id.to_string(), TaskState::Pending, &now_rfc3339()).await?;
+        self.commit_and_publish(tx, vec![ev]).await?;
+        Ok(true)
     }
 
     /// Marks every task that used `container_id` with the container's new state.
@@ -634,9 +680,8 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// At start: queue what was received, and end what a previous run left half-done (its
-    /// containers are gone by then). Returns how many tasks were ended.
-    pub async fn recover(&self) -> Result<u64, StoreError> {
+    /// At start: queue what was received but not yet queued.
+    pub async fn recover(&self) -> Result<(), StoreError> {
         let _w = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut events = Vec::new();
@@ -648,25 +693,8 @@ impl Store {
         for id in received {
             events.push(Self::event_in(&mut tx, &id, TaskState::Pending, &now_rfc3339()).await?);
         }
-        let now = now_rfc3339();
-        let stale: Vec<String> = sqlx::query_scalar(
-            "UPDATE tasks SET state = 'FAILED', finished_at = ?, \
-             error = 'the server stopped while the task ran', \
-             container_state = CASE WHEN container_id IS NULL THEN NULL ELSE 'removed' END \
-             WHERE state IN ('STARTING', 'RUNNING') RETURNING id",
-        )
-        .bind(&now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let ended = stale.len() as u64;
-        for id in stale {
-            events.push(Self::event_in(&mut tx, &id, TaskState::Failed, &now).await?);
-        }
-        sqlx::query("UPDATE tasks SET container_state = 'removed' WHERE container_state IN ('ready', 'building')")
-            .execute(&mut *tx)
-            .await?;
         self.commit_and_publish(tx, events).await?;
-        Ok(ended)
+        Ok(())
     }
 }
 

@@ -1,0 +1,191 @@
+//! After a restart: settle what the previous run left unfinished. A task still STARTING never
+//! began its command, so it is queued again. A RUNNING one is looked up by its Docker exec:
+//! ended, it is recorded with its real exit code; still running, it is watched to its end
+//! (its output, which went to the dead server, is lost and the record says so); gone, it
+//! fails saying so. Containers of the previous run that no watched task needs are removed.
+//! While Docker does not answer, this retries, so no task stays unfinished for good.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Runner, Running};
+use crate::docker::{LABEL_BOOT, LABEL_INSTANCE};
+use crate::model::{ContainerState, TaskState};
+use crate::spec::{self, ParseContext};
+use crate::store::{Outcome, TaskRecord};
+
+const RESTARTED: &str = "the server restarted while the task ran; its output was not captured";
+
+impl Runner {
+    pub(super) async fn reconcile(self: std::sync::Arc<Self>, unfinished: Vec<TaskRecord>) {
+        loop {
+            match self.reconcile_once(&unfinished).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, "cannot reconcile with Docker yet; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn reconcile_once(
+        self: &std::sync::Arc<Self>,
+        unfinished: &[TaskRecord],
+    ) -> Result<(), String> {
+        let containers = self
+            .engine
+            .list_labelled_with(LABEL_INSTANCE, &self.instance)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut needed: HashSet<String> = HashSet::new();
+        for task in unfinished {
+            if task.state == TaskState::Starting {
+                self.store
+                    .requeue(task.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.wake.notify_one();
+                continue;
+            }
+            let (Some(container), Some(exec_id)) = (&task.container, &task.exec_id) else {
+                self.end(
+                    task,
+                    TaskState::Failed,
+                    None,
+                    "the server stopped while the task ran",
+                )
+                .await;
+                continue;
+            };
+            match self
+                .engine
+                .exec_state(exec_id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some((false, code)) => {
+                    let state = super::terminal_for_exit(code);
+                    self.end(task, state, code, RESTARTED).await;
+                }
+                Some((true, _)) => {
+                    needed.insert(container.id.clone());
+                    let me = self.clone();
+                    let task = task.clone();
+                    let exec_id = exec_id.clone();
+                    let cancel = self.shutdown.child_token();
+                    self.running().insert(
+                        task.id,
+                        Running {
+                            cancel: cancel.clone(),
+                        },
+                    );
+                    self.tracker.spawn(async move {
+                        let id = task.id;
+                        me.watch(task, exec_id, cancel).await;
+                        me.running().remove(&id);
+                    });
+                }
+                None => {
+                    self.end(
+                        task,
+                        TaskState::Failed,
+                        None,
+                        "the task's container is gone (removed while the server was down)",
+                    )
+                    .await;
+                }
+            }
+        }
+        for (id, labels) in containers {
+            let ours_now = labels.get(LABEL_BOOT).is_some_and(|b| *b == self.boot);
+            if !ours_now && !needed.contains(&id) {
+                self.drop_container(&id).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn end(&self, task: &TaskRecord, state: TaskState, exit_code: Option<i64>, why: &str) {
+        let outcome = Outcome {
+            exit_code,
+            error: (state != TaskState::Finished).then(|| why.to_string()),
+            ..Outcome::default()
+        };
+        let container_state = task.container.as_ref().map(|_| ContainerState::Removed);
+        if let Err(e) = self
+            .store
+            .finish(task.id, state, &outcome, container_state)
+            .await
+        {
+            tracing::error!(task = %task.id, error = %e, "could not record a reconciled task");
+        }
+    }
+
+    /// Follows a command that outlived the previous run until it ends, its time is up, or it
+    /// is cancelled.
+    async fn watch(&self, task: TaskRecord, exec_id: String, cancel: CancellationToken) {
+        let Some(cid) = task.container.as_ref().map(|c| c.id.clone()) else {
+            return;
+        };
+        let reuse_image = task.reused_container_of.map(|_| task.image.as_str());
+        let timeout = spec::parse(
+            task.spec.clone(),
+            &self.policy,
+            ParseContext { reuse_image },
+        )
+        .ok()
+        .and_then(|s| s.timeout)
+        .unwrap_or(self.cfg.default_timeout);
+        let ran_for = task
+            .started_at
+            .as_deref()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| {
+                (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                    .to_std()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(timeout).saturating_sub(ran_for);
+        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        let (state, code, why) = loop {
+            tokio::select! {
+                _ = poll.tick() => match self.engine.exec_state(&exec_id).await {
+                    Ok(Some((true, _))) => {}
+                    Ok(Some((false, code))) => break (super::terminal_for_exit(code), code, RESTARTED.to_string()),
+                    Ok(None) => break (TaskState::Failed, None, "the task's container is gone".to_string()),
+                    Err(e) => tracing::debug!(error = %e, "polling a re-attached exec"),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    break (TaskState::Expired, None, format!("timed out after {timeout} s"));
+                }
+                _ = cancel.cancelled() => {
+                    let (st, why) = if self.shutdown.is_cancelled() {
+                        (TaskState::Failed, "the server shut down while the task ran")
+                    } else {
+                        (TaskState::Cancelled, "cancelled while running")
+                    };
+                    break (st, None, why.to_string());
+                }
+            }
+        };
+        self.drop_container(&cid).await;
+        let outcome = Outcome {
+            exit_code: code,
+            error: (state != TaskState::Finished).then_some(why),
+            ..Outcome::default()
+        };
+        if let Err(e) = self
+            .store
+            .finish(task.id, state, &outcome, Some(ContainerState::Removed))
+            .await
+        {
+            tracing::error!(task = %task.id, error = %e, "could not record a re-attached task");
+        }
+    }
+}
