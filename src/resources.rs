@@ -59,7 +59,8 @@ pub struct Prepared {
 /// Docker makes missing ones, and an entry for an existing directory (say `/tmp`) would reset
 /// its mode and owner.
 pub struct TarWriter {
-    builder: tar::Builder<Vec<u8>>,
+    /// `None`: only check and count (see [`TarWriter::discarding`]).
+    builder: Option<tar::Builder<Vec<u8>>>,
     entries: usize,
 }
 
@@ -72,9 +73,22 @@ impl Default for TarWriter {
 impl TarWriter {
     pub fn new() -> Self {
         TarWriter {
-            builder: tar::Builder::new(Vec::new()),
+            builder: Some(tar::Builder::new(Vec::new())),
             entries: 0,
         }
+    }
+
+    /// A writer that keeps nothing: for checking an archive (paths, links, size) without
+    /// holding what it unpacks to.
+    pub fn discarding() -> Self {
+        TarWriter {
+            builder: None,
+            entries: 0,
+        }
+    }
+
+    pub fn is_discarding(&self) -> bool {
+        self.builder.is_none()
     }
 
     fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
@@ -95,8 +109,9 @@ impl TarWriter {
 
     pub fn file(&mut self, abs_path: &str, data: &[u8], mode: u32) -> std::io::Result<()> {
         let mut h = Self::header(tar::EntryType::Regular, data.len() as u64, mode);
-        self.builder
-            .append_data(&mut h, abs_path.trim_start_matches('/'), data)?;
+        if let Some(b) = &mut self.builder {
+            b.append_data(&mut h, abs_path.trim_start_matches('/'), data)?;
+        }
         self.entries += 1;
         Ok(())
     }
@@ -107,15 +122,18 @@ impl TarWriter {
             "{}/",
             abs_path.trim_start_matches('/').trim_end_matches('/')
         );
-        self.builder.append_data(&mut h, path, std::io::empty())?;
+        if let Some(b) = &mut self.builder {
+            b.append_data(&mut h, path, std::io::empty())?;
+        }
         self.entries += 1;
         Ok(())
     }
 
     pub fn symlink(&mut self, abs_path: &str, target: &str) -> std::io::Result<()> {
         let mut h = Self::header(tar::EntryType::Symlink, 0, 0o777);
-        self.builder
-            .append_link(&mut h, abs_path.trim_start_matches('/'), target)?;
+        if let Some(b) = &mut self.builder {
+            b.append_link(&mut h, abs_path.trim_start_matches('/'), target)?;
+        }
         self.entries += 1;
         Ok(())
     }
@@ -125,7 +143,10 @@ impl TarWriter {
     }
 
     pub fn finish(self) -> std::io::Result<Vec<u8>> {
-        self.builder.into_inner()
+        match self.builder {
+            Some(b) => b.into_inner(),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -406,6 +427,25 @@ fn link_target_ok(entry: &str, target: &str) -> bool {
     true
 }
 
+/// Reads one entry's bytes, at most `max + 1` (enough to tell it is too big); when
+/// `discard`, only counts them.
+fn read_entry(entry: &mut impl Read, max: u64, discard: bool) -> std::io::Result<(u64, Vec<u8>)> {
+    let mut limited = entry.take(max + 1);
+    if discard {
+        let n = std::io::copy(&mut limited, &mut std::io::sink())?;
+        return Ok((n, Vec::new()));
+    }
+    let mut data = Vec::new();
+    limited.read_to_end(&mut data)?;
+    Ok((data.len() as u64, data))
+}
+
+/// Checks an archive as [`unpack`] would read it, keeping nothing: for refusing a bad inline
+/// archive when the task is submitted.
+pub fn check_archive(index: usize, bytes: &[u8], max_bytes: u64) -> Result<(), ResourceError> {
+    unpack(index, bytes, "/x", &mut TarWriter::discarding(), max_bytes)
+}
+
 /// Unpacks `bytes` (tar, tar.gz or zip, told apart by their magic numbers) under `dir`.
 pub fn unpack(
     index: usize,
@@ -455,12 +495,9 @@ pub fn unpack(
                     "entry `{name}` is a symbolic link, which zip resources do not support"
                 )));
             }
-            let mut data = Vec::new();
-            (&mut entry)
-                .take(max_bytes + 1)
-                .read_to_end(&mut data)
+            let (size, data) = read_entry(&mut entry, max_bytes, out.is_discarding())
                 .map_err(|e| err(format!("entry `{name}`: {e}")))?;
-            add(data.len() as u64)?;
+            add(size)?;
             out.file(&join(&rel), &data, mode)?;
         }
         return Ok(());
@@ -485,12 +522,9 @@ pub fn unpack(
         match entry.header().entry_type() {
             tar::EntryType::Directory => out.dir(&join(&rel), mode)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut data = Vec::new();
-                (&mut entry)
-                    .take(max_bytes + 1)
-                    .read_to_end(&mut data)
+                let (size, data) = read_entry(&mut entry, max_bytes, out.is_discarding())
                     .map_err(|e| err(format!("entry `{name}`: {e}")))?;
-                add(data.len() as u64)?;
+                add(size)?;
                 out.file(&join(&rel), &data, mode)?;
             }
             tar::EntryType::Symlink => {

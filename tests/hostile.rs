@@ -272,3 +272,83 @@ async fn read_only_root_and_a_non_root_user_when_the_operator_asks() {
     assert_eq!(lines(&t), ["65534", "placed", "tmp=ok", "root=1"]);
     server.stop().await;
 }
+
+/// A tar holding one entry with a raw (unchecked) name and, for links, a target.
+fn raw_tar(name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    let raw = name.as_bytes();
+    h.as_old_mut().name[..raw.len()].copy_from_slice(raw);
+    if let Some(l) = link {
+        h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, data).expect("tar");
+    b.into_inner().expect("tar")
+}
+
+#[tokio::test]
+async fn hostile_archives_are_refused_when_submitted() {
+    use base64::Engine as _;
+    use std::io::Write;
+    let server = Server::start_with(|c| c.max_extract_bytes = 1 << 20).await;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    // 32 MiB of zeros in a zip of a few tens of KiB.
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    z.start_file("zeros", opts).expect("zip");
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..32 {
+        z.write_all(&chunk).expect("zip");
+    }
+    let bomb = z.finish().expect("zip").into_inner();
+    assert!(bomb.len() < 200 * 1024);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "climbing entry",
+            raw_tar("../evil", tar::EntryType::Regular, None, b"x"),
+        ),
+        (
+            "absolute entry",
+            raw_tar("/etc/evil", tar::EntryType::Regular, None, b"x"),
+        ),
+        (
+            "symlink out",
+            raw_tar("link", tar::EntryType::Symlink, Some("/etc"), b""),
+        ),
+        (
+            "symlink climbing",
+            raw_tar("a/link", tar::EntryType::Symlink, Some("../../etc"), b""),
+        ),
+        (
+            "hard link",
+            raw_tar("h", tar::EntryType::Link, Some("/etc/passwd"), b""),
+        ),
+        ("zip bomb", bomb),
+        (
+            "not an archive",
+            b"this is plain text, not an archive".to_vec(),
+        ),
+    ];
+    for (case, bytes) in cases {
+        let spec = json!({"task_name": "arc", "image": common::BUSYBOX, "cmd_list": ["true"],
+                          "resource_list": [{"dest": "app", "data": b64(&bytes), "encoding": "base64", "extract": true}]});
+        let r = server.post("/fn", &spec).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str(), r.body["field"].as_str()),
+            (400, Some("invalid_archive"), Some("resource_list[0].data")),
+            "{case}: {}",
+            r.body
+        );
+    }
+    assert_eq!(
+        server.get("/fn").await.body["tasks"],
+        json!([]),
+        "nothing stored"
+    );
+    server.stop().await;
+}

@@ -196,6 +196,7 @@ impl Runner {
         };
         let spec = spec::parse(body, &self.policy, ctx)?;
         self.check_fetch_names(&spec).await?;
+        self.check_inline_archives(&spec).await?;
         let record = self
             .store
             .insert(
@@ -249,6 +250,41 @@ impl Runner {
                     )
                     .with_field(format!("resource_list[{i}].uri")));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Unpacks inline archives without keeping anything, so an archive that escapes its
+    /// directory, holds a bad link, is not an archive or unpacks past the cap (a zip bomb) is
+    /// a 400 now, not a failed task later. Runs off the async threads: it is CPU work.
+    async fn check_inline_archives(&self, spec: &spec::TaskSpec) -> Result<(), ApiError> {
+        let max = self.cfg.max_extract_bytes;
+        for (i, res) in spec.resource_list.iter().enumerate() {
+            let spec::Resource::File {
+                source: spec::Source::Inline(bytes),
+                extract: true,
+                ..
+            } = res
+            else {
+                continue;
+            };
+            let bytes = bytes.clone();
+            let checked = tokio::task::spawn_blocking(move || {
+                crate::resources::check_archive(i, &bytes, max)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("checking an archive: {e}")))?;
+            if let Err(e) = checked {
+                let why = match e {
+                    crate::resources::ResourceError::Archive { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                return Err(ApiError::bad_request(
+                    "invalid_archive",
+                    format!("resource_list[{i}].data"),
+                    format!("the archive cannot be unpacked: {why}"),
+                ));
             }
         }
         Ok(())
