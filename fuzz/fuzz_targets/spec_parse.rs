@@ -26,7 +26,11 @@ fn check(value: &Value, policy: &Policy, ctx: ParseContext<'_>) {
 
     // What was accepted is well-formed.
     let name_len = spec.task_name.chars().count();
-    assert!((1..=127).contains(&name_len), "task_name {:?}", spec.task_name);
+    assert!(
+        (1..=127).contains(&name_len),
+        "task_name {:?}",
+        spec.task_name
+    );
     assert!(!spec.task_name.contains(' '));
     assert!(!spec.cmd_list.is_empty() && !spec.cmd_list[0].is_empty());
     assert!(spec::valid_image_ref(&spec.image), "image {:?}", spec.image);
