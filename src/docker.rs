@@ -533,18 +533,8 @@ impl Engine {
 
     /// Ids of every container (running or not) carrying `key=value`.
     pub async fn list_labelled(&self, key: &str, value: &str) -> Result<Vec<String>, DockerError> {
-        self.call(|d| async move {
-            let mut filters = HashMap::new();
-            filters.insert("label".to_string(), vec![format!("{key}={value}")]);
-            let opts = ListContainersOptions {
-                all: true,
-                filters,
-                ..Default::default()
-            };
-            let list = d.list_containers(Some(opts)).await?;
-            Ok(list.into_iter().filter_map(|c| c.id).collect())
-        })
-        .await
+        let list = self.list_labelled_with(key, value).await?;
+        Ok(list.into_iter().map(|(id, _)| id).collect())
     }
 }
 
