@@ -183,6 +183,11 @@ impl Runner {
         let mut exec_failed = None;
         match result {
             Ok(r) => fill_output(&mut outcome, r),
+            Err(crate::docker::DockerError::Unavailable(e)) => {
+                exec_failed = Some(format!(
+                    "the Docker engine stopped answering while the task ran ({e})"
+                ))
+            }
             Err(e) => exec_failed = Some(e.to_string()),
         }
         let gone = exec_failed.is_some() && !self.engine.is_running(&cid).await.unwrap_or(true);
@@ -231,7 +236,7 @@ impl Runner {
                     outcome.error = Some(if gone {
                         "the task's container was removed from outside while it ran".to_string()
                     } else {
-                        format!("running the command failed: {e}")
+                        e
                     });
                     TaskState::Failed
                 }

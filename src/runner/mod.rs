@@ -65,6 +65,8 @@ pub struct Runner {
     tracker: TaskTracker,
     /// This start's id, on every container it makes (label `ufaas.boot`).
     boot: String,
+    /// Containers whose removal failed, retried by the reaper.
+    unremoved: Mutex<std::collections::HashSet<String>>,
 }
 
 /// What `DELETE /fn/{id}` may do beyond cancelling.
@@ -100,6 +102,7 @@ impl Runner {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             boot: uuid::Uuid::new_v4().simple().to_string(),
+            unremoved: Mutex::new(Default::default()),
         })
     }
 
@@ -503,6 +506,7 @@ impl Runner {
                     Err(e) => tracing::warn!(error = %e, "pruning the event log failed"),
                 }
             }
+            self.retry_removals().await;
             for id in self.kept.take_expired(Instant::now(), keep_alive) {
                 tracing::debug!(container = %id, "removing an idle or expired container");
                 self.drop_container(&id).await;
@@ -514,7 +518,9 @@ impl Runner {
     async fn drop_container(&self, id: &str) {
         self.kept.remove(id);
         if let Err(e) = self.engine.remove(id).await {
-            tracing::warn!(container = %id, error = %e, "could not remove a container");
+            // Docker is away, say: the reaper retries until it is gone.
+            tracing::warn!(container = %id, error = %e, "could not remove a container; will retry");
+            self.unremoved().insert(id.to_string());
         }
         if let Err(e) = self
             .store
@@ -522,6 +528,20 @@ impl Runner {
             .await
         {
             tracing::warn!(container = %id, error = %e, "could not record a container's removal");
+        }
+    }
+
+    fn unremoved(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.unremoved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Retries removals that failed (the engine was away).
+    async fn retry_removals(&self) {
+        let pending: Vec<String> = self.unremoved().drain().collect();
+        for id in pending {
+            if self.engine.remove(&id).await.is_err() {
+                self.unremoved().insert(id);
+            }
         }
     }
 
