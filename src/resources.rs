@@ -406,9 +406,11 @@ fn entry_path(raw: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
-/// A link target is kept only when it stays inside the extracted tree.
+/// A link target is kept only when it stays inside the extracted tree. An entry whose path
+/// is empty (a name of ``""``, `.` or `./`) would put the link in place of the directory
+/// itself, where a relative target resolves beside the directory, not in it: refused.
 fn link_target_ok(entry: &str, target: &str) -> bool {
-    if target.starts_with('/') || target.is_empty() {
+    if target.starts_with('/') || target.is_empty() || entry.is_empty() {
         return false;
     }
     let mut depth: i64 = entry.split('/').count() as i64 - 1;
@@ -702,5 +704,29 @@ mod tests {
         assert!(link_target_ok("a/b", "../c"));
         assert!(!link_target_ok("a/b", "../../c"));
         assert!(!link_target_ok("a", "/etc/passwd"));
+        assert!(!link_target_ok("", "c"));
+    }
+
+    /// Found by `fuzz/fuzz_targets/archive_unpack.rs`: a tar whose second entry is a symbolic
+    /// link with an empty name and the target `a.txt`. It was unpacked as a link in place of
+    /// the directory itself, pointing beside it (`/w` → `/a.txt`). The input as the fuzzer
+    /// made it (1024 bytes), gzipped and in base64.
+    #[test]
+    fn fuzz_symlink_replacing_the_directory_is_refused() {
+        use base64::Engine as _;
+        const CRASH_TAR_GZ: &str = "H4sIAAAAAAACAysuTdJnoDEwAAJzU1MwDQToNCbb0NDc1JhBwZS6zuAAEbxAnJJZpF+Qk5iZp1dSUaJ9wvPMrZciQGEhIGZjGAXUACxo8W9oZGFBQvwbGxsB498oERRBNHZpaXFJYpGCwtALYuokZwBOzNweAAQAAA==";
+        let gz = base64::engine::general_purpose::STANDARD
+            .decode(CRASH_TAR_GZ)
+            .unwrap_or_default();
+        let mut input = Vec::new();
+        flate2::read::GzDecoder::new(gz.as_slice())
+            .read_to_end(&mut input)
+            .ok();
+        assert_eq!(input.len(), 1024);
+        let mut w = TarWriter::new();
+        let e = unpack(0, &input, "/w", &mut w, 1 << 20)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|m| m.contains("points outside")));
     }
 }
