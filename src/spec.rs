@@ -1451,4 +1451,33 @@ mod tests {
         assert_eq!(resolve_dest("/", "a").as_deref(), Some("/a"));
         assert_eq!(resolve_dest("/work", "../x"), None);
     }
+
+    /// Found by `fuzz/fuzz_targets/spec_parse.rs`: the spec is stored as text and parsed again
+    /// when the task starts. An `env` number too large for an integer was read (without
+    /// serde_json's `float_roundtrip`) to a float whose printed text read back to another
+    /// float, so the task ran with `-8.88888888888889e+83` after `-8.888888888888891e+83` was
+    /// accepted. Fixed by that feature in Cargo.toml.
+    #[test]
+    fn fuzz_env_number_is_the_same_after_the_stored_text_is_parsed_again() {
+        let input = r#"{"task_name":"all fbabaababab","cmd_list":["sh","-c","in.txt"],"pwd":"/work","env":{"A":"1","Nmb":-888888888888888888888888888888888888888888888888888888888888888888888888888888888884,"cpus":0.5,"pids":32},"network":false}"#;
+        let ctx = ParseContext {
+            reuse_image: Some("ufaas/busybox:latest"),
+        };
+        let first = parse(
+            serde_json::from_str(input).unwrap_or_default(),
+            &Policy::default(),
+            ctx,
+        );
+        let first = match first {
+            Ok(s) => s,
+            Err(e) => panic!("expected ok, got {e:?}"),
+        };
+        let text = serde_json::to_string(&first.raw).unwrap_or_default();
+        let stored = parse(
+            serde_json::from_str(&text).unwrap_or_default(),
+            &Policy::default(),
+            ctx,
+        );
+        assert_eq!(stored.ok(), Some(first));
+    }
 }

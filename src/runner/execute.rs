@@ -59,11 +59,8 @@ impl Runner {
                 (stop_state, outcome, Some(ContainerState::Removed))
             }
         };
-        let container_state = if task_has_no_container(&self.store, id).await {
-            None
-        } else {
-            container_state
-        };
+        // A task that never had a container shows none: the record pairs the state with an
+        // id, so no extra read is needed to leave it out.
         match self
             .store
             .finish(id, state, &outcome, container_state)
@@ -494,10 +491,6 @@ fn writable_roots(workdir: &str) -> Vec<String> {
         .collect();
     roots.dedup();
     roots
-}
-
-async fn task_has_no_container(store: &crate::store::Store, id: TaskId) -> bool {
-    matches!(store.get(id).await, Ok(Some(r)) if r.container.is_none())
 }
 
 fn fill_output(outcome: &mut Outcome, r: ExecResult) {
