@@ -56,7 +56,13 @@ impl Runner {
                     error: Some(message),
                     ..Outcome::default()
                 };
-                (stop_state, outcome, Some(ContainerState::Removed))
+                // A container this task was lent (a hit) lives on; one it made is gone.
+                let lent = match self.store.get(id).await {
+                    Ok(Some(r)) => r.container.is_some_and(|c| self.kept.contains(&c.id)),
+                    _ => false,
+                };
+                let container_state = (!lent).then_some(ContainerState::Removed);
+                (stop_state, outcome, container_state)
             }
         };
         // A task that never had a container shows none: the record pairs the state with an
