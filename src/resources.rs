@@ -514,12 +514,27 @@ pub fn unpack(
         .entries()
         .map_err(|e| err(format!("not a readable tar: {e}")))?;
     let mut seen = 0usize;
+    // Links placed so far: an entry whose path goes through one could land wherever the link
+    // points (`l -> .` then `l/m -> ..`), so it is refused.
+    let mut links: std::collections::HashSet<String> = std::collections::HashSet::new();
     for entry in entries {
         let mut entry = entry.map_err(|e| err(format!("not a readable tar: {e}")))?;
         seen += 1;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let rel = entry_path(&name)
             .ok_or_else(|| err(format!("entry `{name}` escapes the directory")))?;
+        let mut prefix = String::new();
+        for part in rel.split('/') {
+            if !prefix.is_empty() && links.contains(&prefix) {
+                return Err(err(format!(
+                    "entry `{name}` goes through the link `{prefix}`"
+                )));
+            }
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+        }
         let mode = entry.header().mode().unwrap_or(0o644);
         match entry.header().entry_type() {
             tar::EntryType::Directory => out.dir(&join(&rel), mode)?,
@@ -542,6 +557,7 @@ pub fn unpack(
                     )));
                 }
                 out.symlink(&join(&rel), &target)?;
+                links.insert(rel.clone());
             }
             tar::EntryType::Link => {
                 return Err(err(format!(
@@ -696,6 +712,24 @@ mod tests {
         w.file("/etc/evil", b"x", 0o644).ok();
         let e = split_by_root(&w.finish().unwrap_or_default(), &roots).err();
         assert!(e.is_some_and(|m| m.contains("/etc/evil")));
+    }
+
+    #[test]
+    fn entries_through_earlier_links_are_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, target) in [("l", "."), ("l/m", "..")] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            b.append_link(&mut h, name, target).ok();
+        }
+        let bytes = b.into_inner().unwrap_or_default();
+        let mut w = TarWriter::new();
+        let e = unpack(0, &bytes, "/w", &mut w, 1000)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|m| m.contains("goes through the link")));
     }
 
     #[test]
