@@ -73,7 +73,16 @@ pub async fn serve(
     };
     let server = warp::serve(http::routes(runner.clone(), tokens))
         .serve_incoming_with_graceful_shutdown(accepted(listener, send_buffer), signal);
-    server.await;
+    // Graceful shutdown waits for open connections; one that never sends a request would
+    // hold it for ever, so after the signal they get a few seconds, then are dropped.
+    tokio::pin!(server);
+    tokio::select! {
+        _ = &mut server => {}
+        _ = async {
+            runner.stopping().await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        } => tracing::warn!("connections still open 5 s after the shutdown signal; closing them"),
+    }
     runner.shutdown().await;
     Ok(())
 }

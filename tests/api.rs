@@ -559,3 +559,50 @@ async fn health_and_readiness() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_connection_does_not_hold_up_shutdown() {
+    let server = Server::start().await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    // Connected, never a request: graceful shutdown would wait on it for ever.
+    let _idle = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let started = tokio::time::Instant::now();
+    server.stop().await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn clients_hanging_up_mid_request_leave_the_database_writable() {
+    let server = Server::start_with(|c| c.max_concurrent = 1).await;
+    let blocker = server.submit(&sh("sleep 60")).await;
+    server.wait_state(&blocker, "RUNNING").await;
+    // Many submissions abandoned almost at once: each request future is dropped wherever it
+    // happens to be, inside a write transaction included.
+    let hasty = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_micros(300))
+        .build()
+        .expect("client");
+    for _ in 0..200 {
+        let _ = hasty.post(server.url("/fn")).json(&sh("true")).send().await;
+    }
+    // Writes still work: a submission, an update and a cancel.
+    let id = server.submit(&sh("echo fine")).await;
+    let r = server
+        .merge(&format!("/fn/{id}"), &json!({"priority": 3}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = server.delete(&format!("/fn/{blocker}")).await;
+    assert_eq!(r.body["state"], "CANCELLED", "{}", r.body);
+    let t = server.wait_ended(&id).await;
+    assert_eq!(t["stdout"], "fine\n", "{t}");
+    assert_eq!(server.get("/readyz").await.status, 200);
+    // The abandoned ones that got in are ordinary tasks: cancel what is still queued.
+    let queued = server.get("/fn?state=PENDING&limit=1000").await;
+    for t in queued.body["tasks"].as_array().cloned().unwrap_or_default() {
+        let id = t["id"].as_str().unwrap_or_default();
+        server.delete(&format!("/fn/{id}")).await;
+    }
+    server.stop().await;
+}

@@ -178,6 +178,18 @@ where
     Ok(buf.freeze())
 }
 
+/// Runs a command that writes on a task of its own. A client that hangs up drops its
+/// request's future; dropped inside a write transaction, sqlx can hand the connection back
+/// with the transaction still open, and every later write then fails on a locked database.
+/// A spawned task runs to its end whatever the client does.
+async fn detached<T: Send + 'static>(
+    fut: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(fut)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("the command failed: {e}"))))
+}
+
 fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
@@ -361,7 +373,11 @@ async fn submit(
     let wait = query_wait(&q)?;
     let spec = parse_json(&body)?;
     let events = runner.store().events().subscribe();
-    let record = runner.submit(spec, reuse_of).await?;
+    let record = detached({
+        let runner = runner.clone();
+        async move { runner.submit(spec, reuse_of).await }
+    })
+    .await?;
     let id = record.id;
     let Some(wait) = wait else {
         return Ok(with_location(json_reply(StatusCode::CREATED, &record), id));
@@ -425,7 +441,11 @@ async fn update_task(
                     "a merge-patch must be a JSON object",
                 ));
             }
-            let record = runner.update(id, patch, merge).await?;
+            let record = detached({
+                let runner = runner.clone();
+                async move { runner.update(id, patch, merge).await }
+            })
+            .await?;
             Ok(json_reply(StatusCode::OK, &record))
         }
         .await,
@@ -441,7 +461,11 @@ async fn delete_task(raw_id: String, runner: Arc<Runner>, q: Query) -> Response 
                 remove_container: query_bool(&q, "remove_container")?,
                 purge: query_bool(&q, "purge")?,
             };
-            let record = runner.delete(id, opts).await?;
+            let record = detached({
+                let runner = runner.clone();
+                async move { runner.delete(id, opts).await }
+            })
+            .await?;
             Ok(json_reply(StatusCode::OK, &record))
         }
         .await,
