@@ -498,6 +498,16 @@ async fn bad_websocket_requests_are_refused_before_the_upgrade() {
     server.stop().await;
 }
 
+/// `ufaas run --follow SPEC` against `base`.
+async fn run_follow(base: &str, spec: &std::path::Path) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ufaas"))
+        .args(["run", "--follow", "--server", base])
+        .arg(spec)
+        .output()
+        .await
+        .expect("run ufaas")
+}
+
 #[tokio::test]
 async fn cli_run_follow_streams_output_and_exits_with_the_task_code() {
     let server = Server::start().await;
@@ -508,12 +518,7 @@ async fn cli_run_follow_streams_output_and_exits_with_the_task_code() {
         sh("echo out-line; echo err-line >&2; exit 7").to_string(),
     )
     .expect("write");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ufaas"))
-        .args(["run", "--follow", "--server", &server.base])
-        .arg(&spec)
-        .output()
-        .await
-        .expect("run ufaas");
+    let out = run_follow(&server.base, &spec).await;
     assert_eq!(
         out.status.code(),
         Some(7),
@@ -526,12 +531,7 @@ async fn cli_run_follow_streams_output_and_exits_with_the_task_code() {
 
     // A refused spec exits 2 with the server's reason.
     std::fs::write(&spec, r#"{"task_name": "x"}"#).expect("write");
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ufaas"))
-        .args(["run", "--follow", "--server", &server.base])
-        .arg(&spec)
-        .output()
-        .await
-        .expect("run ufaas");
+    let out = run_follow(&server.base, &spec).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("image"));
 

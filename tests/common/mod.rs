@@ -353,3 +353,13 @@ pub async fn stored_events(db: &std::path::Path, task: Option<&str>) -> Vec<(i64
         .filter(|r| task.is_none_or(|t| r.1 == t))
         .collect()
 }
+
+/// Asserts a task record ended in `state` with an `error` that mentions `says`.
+#[track_caller]
+pub fn assert_ended(t: &Value, state: &str, says: &str) {
+    assert_eq!(t["state"], state, "{t}");
+    assert!(
+        t["error"].as_str().is_some_and(|e| e.contains(says)),
+        "error should mention {says:?}: {t}"
+    );
+}
