@@ -9,16 +9,8 @@ use serde_json::{json, Value};
 
 /// The states a task went through, read from the events table of the server's database.
 async fn stored_states(server: &Server, id: &str) -> Vec<String> {
-    let url = format!("sqlite://{}?mode=ro", server.db.display());
-    let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT state FROM events WHERE task_id = ? ORDER BY seq")
-            .bind(id)
-            .fetch_all(&pool)
-            .await
-            .expect("query events");
-    pool.close().await;
-    rows.into_iter().map(|r| r.0).collect()
+    let events = common::stored_events(&server.db, Some(id)).await;
+    events.into_iter().map(|(_, _, state)| state).collect()
 }
 
 #[tokio::test]

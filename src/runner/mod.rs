@@ -84,13 +84,14 @@ impl Runner {
         instance: String,
         hardening: Hardening,
     ) -> Arc<Runner> {
+        let policy = cfg.policy();
         Arc::new(Runner {
             hardening,
             http: crate::resources::http_client(
                 Duration::from_secs(cfg.fetch_timeout),
-                cfg.policy().fetch_guard,
+                policy.fetch_guard.clone(),
             ),
-            policy: cfg.policy(),
+            policy,
             store,
             engine,
             cfg,
