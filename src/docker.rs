@@ -6,20 +6,18 @@
 //! Docker is away.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use bollard::container::{
-    Config, CreateContainerOptions, KillContainerOptions, ListContainersOptions, LogOutput,
-    RemoveContainerOptions, UploadToContainerOptions,
+    AttachContainerOptions, Config, CreateContainerOptions, KillContainerOptions,
+    ListContainersOptions, LogOutput, RemoveContainerOptions, UploadToContainerOptions,
 };
 use bollard::errors::Error as BollardError;
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::image::CreateImageOptions;
 use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits};
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWrite;
 use tokio::sync::RwLock;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +58,29 @@ pub const LABEL_INSTANCE: &str = "ufaas.instance";
 pub const LABEL_BOOT: &str = "ufaas.boot";
 /// The label naming the task that made the container.
 pub const LABEL_TASK: &str = "ufaas.task";
-/// Where the idle main process of every container is placed.
-pub const PAUSE_PATH: &str = ".ufaas/pause";
+/// How the agent (the main process of every container) gets into it.
+#[derive(Debug, Clone, Default)]
+pub enum AgentMount {
+    /// Bind-mounted read-only from this host file: no copy per container.
+    Bind(std::path::PathBuf),
+    /// Uploaded with the task's files before start (a remote engine cannot see our files).
+    #[default]
+    Upload,
+}
 
-/// What a new container looks like. Its main process only idles; tasks run in it as execs.
+/// What a container's main process prints, chunk by chunk, as it comes.
+pub type OutputStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<(Stream, Bytes), DockerError>> + Send>,
+>;
+
+/// A container's attached stdio: what its main process prints, and its stdin.
+pub struct Attached {
+    pub output: OutputStream,
+    pub input: std::pin::Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// What a new container looks like. Its main process is the agent (`crate::agent`), which
+/// runs the tasks sent to it.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerSpec {
     pub image: String,
@@ -79,6 +96,7 @@ pub struct ContainerSpec {
     pub network: bool,
     pub init: bool,
     pub hardening: Hardening,
+    pub agent: AgentMount,
 }
 
 /// Container defaults that keep a task in its box. The operator sets them (flags of
@@ -173,16 +191,6 @@ impl Hardening {
     }
 }
 
-/// One command to run in a live container.
-#[derive(Debug, Clone, Default)]
-pub struct ExecRequest {
-    pub cmd: Vec<String>,
-    pub env: Vec<String>,
-    pub working_dir: Option<String>,
-    pub stdin: Option<Vec<u8>>,
-    pub user: Option<String>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     Stdout,
@@ -199,6 +207,10 @@ pub struct ExecResult {
     /// Output passed eight times the cap plus 1 MiB and we stopped reading: the command may
     /// still run, and the caller must kill it.
     pub overflowed: bool,
+    /// Why the command never ran (not found, bad working directory), when it did not.
+    pub error: Option<String>,
+    /// The connection to the container broke before the command's end was known: why.
+    pub lost: Option<String>,
 }
 
 pub struct Engine {
@@ -215,6 +227,16 @@ impl Engine {
             host: host.map(str::to_string),
             negotiated: RwLock::new(None),
         }
+    }
+
+    /// Whether the engine runs on this machine (a unix socket), so it can bind-mount our
+    /// files.
+    pub fn is_local(&self) -> bool {
+        let host = self
+            .host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()));
+        host.is_none_or(|h| h.starts_with("unix://") || h.starts_with('/'))
     }
 
     fn connect(&self) -> Result<Docker, BollardError> {
@@ -317,8 +339,8 @@ impl Engine {
         .await
     }
 
-    /// Creates a container whose main process idles (the pause program placed by
-    /// [`Engine::upload`] before start) and returns its id.
+    /// Creates a container whose main process is the agent, with its stdin open for
+    /// [`Engine::attach`], and returns its id.
     pub async fn create(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
         self.call(|d| async move {
             let mut host_config = HostConfig {
@@ -335,10 +357,25 @@ impl Engine {
                 ..Default::default()
             };
             spec.hardening.apply(&mut host_config);
+            if let AgentMount::Bind(host) = &spec.agent {
+                host_config.mounts.get_or_insert_with(Vec::new).push(Mount {
+                    target: Some(crate::agent::PATH.to_string()),
+                    source: Some(host.to_string_lossy().into_owned()),
+                    typ: Some(MountTypeEnum::BIND),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
+            }
             let config = Config {
                 image: Some(spec.image.clone()),
-                cmd: Some(pause_cmd()),
+                cmd: Some(vec![crate::agent::PATH.to_string()]),
                 entrypoint: Some(Vec::new()),
+                open_stdin: Some(true),
+                stdin_once: Some(false),
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                tty: Some(false),
                 labels: Some(spec.labels.clone()),
                 working_dir: spec.working_dir.clone(),
                 user: spec.hardening.user.clone(),
@@ -394,44 +431,38 @@ impl Engine {
         .await
     }
 
-    /// Creates (does not start) the exec that will run `req` in container `id`.
-    pub async fn create_exec(&self, id: &str, req: &ExecRequest) -> Result<String, DockerError> {
+    /// Attaches to the container's stdio (before start, nothing it prints is missed). The
+    /// detach keys are a control character the agent protocol never sends.
+    pub async fn attach(&self, id: &str) -> Result<Attached, DockerError> {
         self.call(|d| async move {
-            let opts = CreateExecOptions {
-                cmd: Some(req.cmd.clone()),
-                env: Some(req.env.clone()),
-                working_dir: req.working_dir.clone(),
-                user: req.user.clone(),
-                attach_stdin: Some(req.stdin.is_some()),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                tty: Some(false),
-                ..Default::default()
+            let opts = AttachContainerOptions::<String> {
+                stdin: Some(true),
+                stdout: Some(true),
+                stderr: Some(true),
+                stream: Some(true),
+                logs: Some(false),
+                detach_keys: Some("ctrl-_".into()),
             };
-            let exec = d
-                .create_exec(id, opts)
+            let attached = d
+                .attach_container(id, Some(opts))
                 .await
                 .map_err(|e| map_container_err(id, e))?;
-            Ok(exec.id)
+            let output = attached.output.filter_map(|item| async move {
+                match item {
+                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                        Some(Ok((Stream::Stdout, message)))
+                    }
+                    Ok(LogOutput::StdErr { message }) => Some(Ok((Stream::Stderr, message))),
+                    Ok(LogOutput::StdIn { .. }) => None,
+                    Err(e) => Some(Err(DockerError::from(e))),
+                }
+            });
+            Ok(Attached {
+                output: Box::pin(output),
+                input: attached.input,
+            })
         })
         .await
-    }
-
-    /// Starts exec `exec_id`, feeding `stdin`, keeping up to `cap` bytes of each stream and
-    /// handing every chunk to `on_chunk` as it comes.
-    pub async fn run_exec(
-        &self,
-        exec_id: &str,
-        stdin: Option<Vec<u8>>,
-        cap: usize,
-        on_chunk: &(dyn Fn(Stream, &[u8]) + Send + Sync),
-    ) -> Result<ExecResult, DockerError> {
-        let d = self.client().await?;
-        let result = run_exec_with(&d, exec_id, stdin, cap, on_chunk).await;
-        if let Err(e) = &result {
-            self.on_error(e).await;
-        }
-        result
     }
 
     /// How an exec stands: `Some((running, exit code))`, or `None` when Docker no longer knows
@@ -552,143 +583,4 @@ fn workdir_of(info: &bollard::models::ImageInspect) -> String {
         .and_then(|c| c.working_dir.clone())
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".to_string())
-}
-
-async fn run_exec_with(
-    d: &Docker,
-    exec_id: &str,
-    stdin: Option<Vec<u8>>,
-    cap: usize,
-    on_chunk: &(dyn Fn(Stream, &[u8]) + Send + Sync),
-) -> Result<ExecResult, DockerError> {
-    let started = d.start_exec(exec_id, None).await?;
-    let StartExecResults::Attached {
-        mut output,
-        mut input,
-    } = started
-    else {
-        return Err(DockerError::Api("exec started detached".into()));
-    };
-    // Feed stdin from its own task so a command that prints before it reads cannot deadlock.
-    let feeder = stdin.map(|data| {
-        tokio::spawn(async move {
-            let _ = input.write_all(&data).await;
-            let _ = input.flush().await;
-            // Half-close: the command sees end of input.
-            let _ = input.shutdown().await;
-        })
-    });
-    let mut result = ExecResult::default();
-    // Past the cap, output is read and dropped up to this much, so a task that prints a
-    // little too much still ends on its own; beyond it, it is a flood.
-    let flood = cap.saturating_mul(8).saturating_add(1 << 20);
-    let mut produced = 0usize;
-    while let Some(item) = output.next().await {
-        let (stream, message) = match item {
-            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                (Stream::Stdout, message)
-            }
-            Ok(LogOutput::StdErr { message }) => (Stream::Stderr, message),
-            Ok(LogOutput::StdIn { .. }) => continue,
-            Err(e) => {
-                if let Some(f) = feeder {
-                    f.abort();
-                }
-                return Err(e.into());
-            }
-        };
-        on_chunk(stream, &message);
-        let buf = match stream {
-            Stream::Stdout => &mut result.stdout,
-            Stream::Stderr => &mut result.stderr,
-        };
-        let room = cap.saturating_sub(buf.len());
-        buf.extend_from_slice(&message[..message.len().min(room)]);
-        if message.len() > room {
-            result.truncated = true;
-        }
-        produced = produced.saturating_add(message.len());
-        if produced > flood {
-            // A flood (`yes`): stop reading rather than drain it until the timeout; the
-            // caller kills the command.
-            result.overflowed = true;
-            if let Some(f) = feeder {
-                f.abort();
-            }
-            return Ok(result);
-        }
-    }
-    if let Some(f) = feeder {
-        f.abort();
-    }
-    // The stream closes as the process exits; Docker may take a moment to record the code.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let info = d.inspect_exec(exec_id).await?;
-        if info.running != Some(true) || tokio::time::Instant::now() >= deadline {
-            result.exit_code = info.exit_code;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(result)
-}
-
-/// The idle main process: the pause program we upload, where we have one for this machine.
-fn pause_cmd() -> Vec<String> {
-    if pause_program().is_some() {
-        vec![format!("/{PAUSE_PATH}")]
-    } else {
-        vec!["sleep".into(), "2147483647".into()]
-    }
-}
-
-/// A 129-byte static x86-64 ELF that loops on `pause(2)`: every image can idle with it, even
-/// one without a shell or `sleep`.
-pub fn pause_program() -> Option<Vec<u8>> {
-    if std::env::consts::ARCH != "x86_64" {
-        return None;
-    }
-    const BASE: u64 = 0x40_0000;
-    // mov eax, 34 (pause); syscall; jmp back to the mov.
-    const CODE: [u8; 9] = [0xb8, 0x22, 0, 0, 0, 0x0f, 0x05, 0xeb, 0xf7];
-    let total = (64 + 56 + CODE.len()) as u64;
-    let mut elf = Vec::with_capacity(total as usize);
-    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
-    elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&(BASE + 64 + 56).to_le_bytes()); // entry
-    elf.extend_from_slice(&64u64.to_le_bytes()); // program headers
-    elf.extend_from_slice(&0u64.to_le_bytes()); // no section headers
-    elf.extend_from_slice(&0u32.to_le_bytes());
-    elf.extend_from_slice(&64u16.to_le_bytes());
-    elf.extend_from_slice(&56u16.to_le_bytes());
-    elf.extend_from_slice(&1u16.to_le_bytes());
-    elf.extend_from_slice(&[0; 6]);
-    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    elf.extend_from_slice(&5u32.to_le_bytes()); // R + X
-    elf.extend_from_slice(&0u64.to_le_bytes());
-    elf.extend_from_slice(&BASE.to_le_bytes());
-    elf.extend_from_slice(&BASE.to_le_bytes());
-    elf.extend_from_slice(&total.to_le_bytes());
-    elf.extend_from_slice(&total.to_le_bytes());
-    elf.extend_from_slice(&0x1000u64.to_le_bytes());
-    elf.extend_from_slice(&CODE);
-    Some(elf)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pause_program_is_a_well_formed_elf() {
-        let Some(elf) = pause_program() else { return };
-        assert_eq!(elf.len(), 129);
-        assert_eq!(&elf[..4], b"\x7fELF");
-        let entry = u64::from_le_bytes(elf[24..32].try_into().unwrap_or([0; 8]));
-        assert_eq!(entry, 0x40_0078);
-        assert_eq!(&elf[120..], &[0xb8, 0x22, 0, 0, 0, 0x0f, 0x05, 0xeb, 0xf7]);
-    }
 }

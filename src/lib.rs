@@ -4,6 +4,7 @@
 //! [`serve`] is the whole server as a library function: it takes a bound listener and a
 //! shutdown future, so tests start it on port 0.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod docker;
@@ -61,7 +62,8 @@ pub async fn serve(
     let hardening = cfg.hardening()?;
     netguard::FetchGuard::new(&cfg.allow_fetch)
         .map_err(|e| anyhow::anyhow!("--allow-fetch: {e}"))?;
-    let runner = Runner::new(store, engine, cfg, instance, hardening);
+    let agent_mount = agent_mount(&engine, &cfg.db);
+    let runner = Runner::new(store, engine, cfg, instance, hardening, agent_mount);
     runner.start().await?;
     tracing::info!(addr = %listener.local_addr()?, "ufaas listening");
     // On the signal, the runner stops first so that requests held by `?wait=` are answered
@@ -85,6 +87,25 @@ pub async fn serve(
     }
     runner.shutdown().await;
     Ok(())
+}
+
+/// A local engine bind-mounts the agent from a file beside the database (no copy per
+/// container); a remote one, or when the file cannot be written, gets it uploaded.
+fn agent_mount(engine: &Engine, db: &std::path::Path) -> docker::AgentMount {
+    if !engine.is_local() {
+        return docker::AgentMount::Upload;
+    }
+    let dir = db
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    match std::fs::canonicalize(dir).and_then(|d| agent::install(&d)) {
+        Ok(path) => docker::AgentMount::Bind(path),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write the agent beside the database; uploading it to each container");
+            docker::AgentMount::Upload
+        }
+    }
 }
 
 /// Accepted connections, each with a bounded kernel send buffer: a client that stops reading

@@ -158,8 +158,8 @@ fn forbidden(path: &str) -> bool {
 }
 
 /// Builds the upload for `spec`. `workdir` is where relative `dest`s resolve (the spec's
-/// `pwd`, else the image's WORKDIR); `extra` is placed first (the pause program of a new
-/// container).
+/// `pwd`, else the image's WORKDIR); `extra` is placed first (the agent, when a new container
+/// gets it uploaded).
 pub async fn prepare(
     spec: &TaskSpec,
     workdir: &str,

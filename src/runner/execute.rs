@@ -1,8 +1,10 @@
-//! Running one claimed task: find or make its container, place its files, run its command as
-//! an exec, and record how it ended. Timeout, ttl and cancel all end the run by killing the
-//! container, which is the one way to stop an exec'd process tree for sure.
+//! Running one claimed task: find or make its container, place its files, run its command
+//! through the container's agent, and record how it ended. Timeout, ttl and cancel all end
+//! the run by killing the container, which is the one way to stop a process tree for sure
+//! (a command may leave its process group).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -10,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::keep::Kept;
 use super::{terminal_for_exit, Runner};
+use crate::agent::{self, Agent, JobRequest};
 use crate::docker::{
-    pause_program, ContainerSpec, ExecRequest, ExecResult, Hardening, LABEL_BOOT, LABEL_INSTANCE,
-    LABEL_TASK, PAUSE_PATH,
+    AgentMount, ContainerSpec, ExecResult, Hardening, LABEL_BOOT, LABEL_INSTANCE, LABEL_TASK,
 };
 use crate::events::OutputEvent;
 use crate::model::{ContainerState, Locality, TaskId, TaskState};
@@ -33,6 +35,9 @@ enum Stop {
 /// The container a task runs in.
 struct Placement {
     container: String,
+    agent: Arc<Agent>,
+    /// Where the command runs: the spec's `pwd`, else the image's WORKDIR.
+    workdir: String,
     /// Whether it outlives the task.
     keep: bool,
     /// When the container's life (`ttl`) ends.
@@ -123,12 +128,11 @@ impl Runner {
         } else {
             (run_deadline, false)
         };
-        let req = ExecRequest {
-            cmd: spec.cmd_list.clone(),
+        let req = JobRequest {
+            argv: spec.cmd_list.clone(),
             env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            working_dir: spec.pwd.clone(),
+            cwd: placement.workdir.clone(),
             stdin: spec.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
-            user: self.hardening.user.clone(),
         };
         let events = self.store.events().clone();
         let task_id = task.id;
@@ -141,36 +145,31 @@ impl Runner {
                 events.publish_output(OutputEvent::new(task_id, name, data));
             }
         };
-        // The exec is made and recorded before it starts, so a restarted server can always
-        // learn how it ended.
-        let exec_id = match self.engine.create_exec(&cid, &req).await {
-            Ok(x) => x,
+        // The job is recorded before it starts, so a restarted server can always ask the
+        // agent how it ended.
+        let job = self.next_job();
+        if let Err(e) = self.store.set_exec(task_id, &format!("agent:{job}")).await {
+            tracing::warn!(task = %task_id, error = %e, "could not record the job id");
+        }
+        let mut rx = match placement.agent.start(job, &req).await {
+            Ok(rx) => rx,
             Err(e) => {
                 self.drop_or_release(&placement).await;
-                return Err(format!("creating the command failed: {e}"));
+                return Err(format!("starting the command failed: {e}"));
             }
         };
-        if let Err(e) = self.store.set_exec(task_id, &exec_id).await {
-            tracing::warn!(task = %task_id, error = %e, "could not record the exec id");
-        }
-        let exec = self.engine.run_exec(
-            &exec_id,
-            req.stdin.clone(),
-            self.cfg.max_output_bytes,
-            &live_output,
-        );
+        let exec = agent::collect(&mut rx, self.cfg.max_output_bytes, &live_output);
         tokio::pin!(exec);
         let mut stop = None;
         let result = tokio::select! {
-            r = &mut exec => match r {
-                Ok(r) if r.overflowed => {
+            r = &mut exec => {
+                if r.overflowed {
                     stop = Some(Stop::Overflow);
                     if let Err(e) = self.engine.kill(&cid).await {
                         tracing::warn!(container = %cid, error = %e, "kill after an output flood failed");
                     }
-                    Ok(r)
                 }
-                other => other,
+                r
             },
             _ = tokio::time::sleep_until(deadline) => {
                 stop = Some(if by_ttl { Stop::Ttl(placement.ttl) } else { Stop::Timeout(timeout) });
@@ -183,16 +182,15 @@ impl Runner {
         };
 
         let mut outcome = Outcome::default();
-        let mut exec_failed = None;
-        match result {
-            Ok(r) => fill_output(&mut outcome, r),
-            Err(crate::docker::DockerError::Unavailable(e)) => {
-                exec_failed = Some(format!(
-                    "the Docker engine stopped answering while the task ran ({e})"
-                ))
-            }
-            Err(e) => exec_failed = Some(e.to_string()),
-        }
+        let exec_failed = match &result.lost {
+            Some(why) if self.engine.ping().await.is_err() => Some(format!(
+                "the Docker engine stopped answering while the task ran ({why})"
+            )),
+            Some(why) => Some(format!("lost the task's container while it ran ({why})")),
+            None => None,
+        };
+        let never_ran = result.error.clone();
+        fill_output(&mut outcome, result);
         let gone = exec_failed.is_some() && !self.engine.is_running(&cid).await.unwrap_or(true);
         // A command SIGKILLed by nobody we know of, in a container at its memory limit: the
         // OOM killer. Asked before the container may go.
@@ -201,6 +199,10 @@ impl Runner {
             && self.engine.memory_limit_hit(&cid).await.unwrap_or(false);
         // A killed container cannot be reused; anything not kept goes now.
         let keep = placement.keep && stop.is_none();
+        if keep && exec_failed.is_none() {
+            // The agent may forget the job now that its end is ours.
+            let _ = placement.agent.ack(job).await;
+        }
         if placement.keep {
             self.kept.release(&cid);
         }
@@ -251,17 +253,13 @@ impl Runner {
                     TaskState::Failed
                 }
                 None => {
-                    if outcome.exit_code.is_some_and(|c| c == 126 || c == 127)
-                        && outcome.stderr.is_empty()
-                    {
-                        // Docker reports "executable file not found" on the exec's stdout.
-                        outcome.error = Some(format!(
-                            "could not run `{}`: {}",
-                            spec.cmd_list[0],
-                            outcome.stdout.trim()
-                        ));
+                    if let Some(why) = never_ran {
+                        outcome.error =
+                            Some(format!("could not run `{}`: {why}", spec.cmd_list[0]));
+                        TaskState::Failed
+                    } else {
+                        terminal_for_exit(outcome.exit_code)
                     }
-                    terminal_for_exit(outcome.exit_code)
                 }
             },
         };
@@ -280,19 +278,17 @@ impl Runner {
     async fn kill_and_collect(
         &self,
         cid: &str,
-        exec: std::pin::Pin<
-            &mut impl std::future::Future<Output = Result<ExecResult, crate::docker::DockerError>>,
-        >,
-    ) -> Result<ExecResult, crate::docker::DockerError> {
+        exec: std::pin::Pin<&mut impl std::future::Future<Output = ExecResult>>,
+    ) -> ExecResult {
         if let Err(e) = self.engine.kill(cid).await {
             tracing::warn!(container = %cid, error = %e, "kill failed; removing instead");
             let _ = self.engine.remove(cid).await;
         }
-        // The exec's stream ends with the container; keep what it printed until then.
-        match tokio::time::timeout(Duration::from_secs(10), exec).await {
-            Ok(r) => r,
-            Err(_) => Ok(ExecResult::default()),
-        }
+        // The agent's stream ends with the container; keep what the command printed until
+        // then.
+        tokio::time::timeout(Duration::from_secs(10), exec)
+            .await
+            .unwrap_or_default()
     }
 
     fn stop_message(&self, cancel: &CancellationToken) -> String {
@@ -326,7 +322,7 @@ impl Runner {
         };
 
         if let Some(target) = task.reused_container_of {
-            if let Some((cid, kept)) = self.find_kept(target).await {
+            if let Some((cid, kept, agent)) = self.find_kept(target).await {
                 let workdir = spec.pwd.clone().unwrap_or_else(|| kept.workdir.clone());
                 let prepared = tokio::select! {
                     p = resources::prepare(spec, &workdir, &[], &self.http, &limits) => p.map_err(|e| e.to_string()),
@@ -345,6 +341,8 @@ impl Runner {
                 }
                 return Ok(Placement {
                     container: cid,
+                    agent,
+                    workdir,
                     keep: keep_default(true),
                     expires_at: kept.expires_at,
                     ttl: spec.ttl.unwrap_or(self.cfg.default_ttl),
@@ -358,11 +356,11 @@ impl Runner {
             _ = cancel.cancelled() => return Err(self.stop_message(cancel)),
         };
         let workdir = spec.pwd.clone().unwrap_or(image_workdir);
-        let pause = pause_program();
-        let extra: Vec<(&str, &[u8], u32)> = pause
-            .as_deref()
-            .map(|p| vec![(PAUSE_PATH, p, 0o755)])
-            .unwrap_or_default();
+        let mount = self.agent_mount();
+        let extra: Vec<(&str, &[u8], u32)> = match mount {
+            AgentMount::Upload => vec![(agent::PATH, agent::BINARY, 0o755)],
+            AgentMount::Bind(_) => Vec::new(),
+        };
         let prepared = tokio::select! {
             p = resources::prepare(spec, &workdir, &extra, &self.http, &limits) => p.map_err(|e| e.to_string())?,
             _ = cancel.cancelled() => return Err(self.stop_message(cancel)),
@@ -392,12 +390,12 @@ impl Runner {
                 writable: writable_roots(&workdir),
                 ..self.hardening.clone()
             },
+            agent: mount,
         };
         let ttl = spec.ttl.unwrap_or(self.cfg.default_ttl);
         let expires_at = Instant::now() + Duration::from_secs(ttl);
-        let cid = self
-            .engine
-            .create(&cspec)
+        let (cid, agent_uploaded) = self
+            .create_container(cspec)
             .await
             .map_err(|e| format!("creating the container failed: {e}"))?;
         let keep = keep_default(locality.is_some());
@@ -412,6 +410,20 @@ impl Runner {
                     .await
                     .map_err(|e| fail("placing the resources", &e))?;
             }
+            if let Some(tar) = agent_uploaded {
+                self.place_files(&cid, tar, &workdir)
+                    .await
+                    .map_err(|e| fail("placing the agent", &e))?;
+            }
+            // Attached before start, so the agent's first byte is ours.
+            let attached = self
+                .engine
+                .attach(&cid)
+                .await
+                .map_err(|e| fail("attaching to the container", &e))?;
+            let (agent, _) = Agent::new(attached, true);
+            let agent = Arc::new(agent);
+            self.agents().insert(cid.clone(), agent.clone());
             self.engine
                 .start(&cid)
                 .await
@@ -420,16 +432,20 @@ impl Runner {
                 .set_container(task.id, &cid, ContainerState::Ready, locality)
                 .await
                 .map_err(|e| fail("recording the container", &e))?;
-            Ok::<(), String>(())
+            Ok::<Arc<Agent>, String>(agent)
         };
-        let setup = setup.await.and_then(|()| match cancel.is_cancelled() {
+        let setup = setup.await.and_then(|agent| match cancel.is_cancelled() {
             true => Err(self.stop_message(cancel)),
-            false => Ok(()),
+            false => Ok(agent),
         });
-        if let Err(e) = setup {
-            let _ = self.engine.remove(&cid).await;
-            return Err(e);
-        }
+        let agent = match setup {
+            Ok(agent) => agent,
+            Err(e) => {
+                self.agents().remove(&cid);
+                let _ = self.engine.remove(&cid).await;
+                return Err(e);
+            }
+        };
         if keep {
             self.kept.insert(
                 cid.clone(),
@@ -445,10 +461,39 @@ impl Runner {
         }
         Ok(Placement {
             container: cid,
+            agent,
+            workdir,
             keep,
             expires_at,
             ttl,
         })
+    }
+
+    /// Creates the container; when the engine cannot see our copy of the agent (it runs on
+    /// another machine or in another filesystem), switches to uploading it, for this container
+    /// (the tar returned) and every later one.
+    async fn create_container(
+        &self,
+        mut cspec: ContainerSpec,
+    ) -> Result<(String, Option<Vec<u8>>), crate::docker::DockerError> {
+        match self.engine.create(&cspec).await {
+            Err(e)
+                if matches!(cspec.agent, AgentMount::Bind(_))
+                    && e.to_string().contains("bind source path does not exist") =>
+            {
+                tracing::warn!(error = %e, "the engine cannot see the agent's file; uploading it to each container from now on");
+                self.set_agent_mount(AgentMount::Upload);
+                cspec.agent = AgentMount::Upload;
+                let cid = self.engine.create(&cspec).await?;
+                let mut tar = resources::TarWriter::new();
+                let tar = tar
+                    .file(agent::PATH, agent::BINARY, 0o755)
+                    .and_then(|()| tar.finish())
+                    .map_err(|e| crate::docker::DockerError::Api(e.to_string()))?;
+                Ok((cid, Some(tar)))
+            }
+            other => Ok((other?, None)),
+        }
     }
 
     /// Uploads a task's files: one tar at `/`, or with a read-only root one tar per writable
@@ -472,13 +517,19 @@ impl Runner {
     }
 
     /// The kept, running container of task `target`, taken for one more task.
-    async fn find_kept(&self, target: TaskId) -> Option<(String, Kept)> {
+    async fn find_kept(&self, target: TaskId) -> Option<(String, Kept, Arc<Agent>)> {
         let record = self.store.get(target).await.ok().flatten()?;
         let cid = record.container?.id;
         let kept = self.kept.acquire(&cid)?;
-        match self.engine.is_running(&cid).await {
-            Ok(true) => Some((cid, kept)),
-            _ => {
+        // A live connection to its agent says it runs; without one, Docker is asked.
+        let held = self.agents().get(&cid).cloned();
+        let agent = match held {
+            Some(a) if !a.is_lost() => Ok(a),
+            _ => self.agent_for(&cid).await,
+        };
+        match agent {
+            Ok(agent) => Some((cid, kept, agent)),
+            Err(_) => {
                 // Gone from under us (removed from outside, or died): forget it.
                 self.kept.release(&cid);
                 self.drop_container(&cid).await;

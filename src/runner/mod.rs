@@ -7,7 +7,8 @@ pub mod keep;
 mod reconcile;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,8 +17,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::agent::Agent;
 use crate::config::ServeConfig;
-use crate::docker::{Engine, Hardening, LABEL_INSTANCE};
+use crate::docker::{AgentMount, DockerError, Engine, Hardening, LABEL_INSTANCE};
 use crate::error::ApiError;
 use crate::events::StateEvent;
 use crate::model::{ContainerState, TaskId, TaskState};
@@ -67,6 +69,13 @@ pub struct Runner {
     boot: String,
     /// Containers whose removal failed, retried by the reaper.
     unremoved: Mutex<std::collections::HashSet<String>>,
+    /// The connection to each live container's agent.
+    agents: Mutex<HashMap<String, Arc<Agent>>>,
+    /// How new containers get the agent.
+    agent_mount: RwLock<AgentMount>,
+    /// Job ids for the agents; random start, so a restarted server's ids do not meet the
+    /// previous run's in a container that outlived it.
+    next_job: AtomicU32,
 }
 
 /// What `DELETE /fn/{id}` may do beyond cancelling.
@@ -83,6 +92,7 @@ impl Runner {
         cfg: ServeConfig,
         instance: String,
         hardening: Hardening,
+        agent_mount: AgentMount,
     ) -> Arc<Runner> {
         let policy = cfg.policy();
         Arc::new(Runner {
@@ -104,7 +114,61 @@ impl Runner {
             tracker: TaskTracker::new(),
             boot: uuid::Uuid::new_v4().simple().to_string(),
             unremoved: Mutex::new(Default::default()),
+            agents: Mutex::new(HashMap::new()),
+            agent_mount: RwLock::new(agent_mount),
+            next_job: AtomicU32::new(u32::from_le_bytes(
+                uuid::Uuid::new_v4().as_bytes()[..4]
+                    .try_into()
+                    .unwrap_or([1, 0, 0, 0]),
+            )),
         })
+    }
+
+    fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Agent>>> {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn agent_mount(&self) -> AgentMount {
+        self.agent_mount
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_agent_mount(&self, mount: AgentMount) {
+        *self.agent_mount.write().unwrap_or_else(|p| p.into_inner()) = mount;
+    }
+
+    fn next_job(&self) -> u32 {
+        loop {
+            let job = self.next_job.fetch_add(1, Ordering::Relaxed);
+            if job != 0 {
+                return job;
+            }
+        }
+    }
+
+    /// The connection to a running container's agent: the one we hold, else a new one to an
+    /// agent that outlived its connection (a previous run of the server).
+    async fn agent_for(&self, cid: &str) -> Result<Arc<Agent>, DockerError> {
+        if let Some(a) = self.agents().get(cid).cloned() {
+            if !a.is_lost() {
+                return Ok(a);
+            }
+        }
+        if !self.engine.is_running(cid).await? {
+            return Err(DockerError::NoSuchContainer(cid.to_string()));
+        }
+        let attached = self.engine.attach(cid).await?;
+        let (agent, nonce) = Agent::new(attached, false);
+        // The answer to this first query is where the stream becomes readable.
+        agent
+            .query(nonce, Duration::from_secs(5))
+            .await
+            .map_err(|e| DockerError::Api(e.to_string()))?;
+        let agent = Arc::new(agent);
+        self.agents().insert(cid.to_string(), agent.clone());
+        Ok(agent)
     }
 
     pub fn store(&self) -> &Store {
@@ -518,6 +582,7 @@ impl Runner {
     /// Removes a container and marks every task that used it.
     async fn drop_container(&self, id: &str) {
         self.kept.remove(id);
+        self.agents().remove(id);
         if let Err(e) = self.engine.remove(id).await {
             // Docker is away, say: the reaper retries until it is gone.
             tracing::warn!(container = %id, error = %e, "could not remove a container; will retry");

@@ -1,6 +1,7 @@
 //! After a restart: settle what the previous run left unfinished. A task still STARTING never
-//! began its command, so it is queued again. A RUNNING one is looked up by its Docker exec:
-//! ended, it is recorded with its real exit code; still running, it is watched to its end
+//! began its command, so it is queued again. A RUNNING one is looked up by asking its
+//! container's agent (or Docker, for an exec recorded by an older version): ended, it is
+//! recorded with its real exit code; still running, it is watched to its end
 //! (its output, which went to the dead server, is lost and the record says so); gone, it
 //! fails saying so. Containers of the previous run that no watched task needs are removed.
 //! While Docker does not answer, this retries, so no task stays unfinished for good.
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Runner, Running};
-use crate::docker::{LABEL_BOOT, LABEL_INSTANCE};
+use crate::docker::{DockerError, LABEL_BOOT, LABEL_INSTANCE};
 use crate::model::{ContainerState, TaskState};
 use crate::spec::{self, ParseContext};
 use crate::store::{Outcome, TaskRecord};
@@ -62,12 +63,7 @@ impl Runner {
                 .await;
                 continue;
             };
-            match self
-                .engine
-                .exec_state(exec_id)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            match self.job_state(&container.id, exec_id).await? {
                 Some((false, code)) => {
                     let state = super::terminal_for_exit(code);
                     self.end(task, state, code, RESTARTED).await;
@@ -108,6 +104,35 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// How a recorded command stands: `Some((running, exit code))`, or `None` when nothing
+    /// knows it any more (its container is gone).
+    async fn job_state(
+        &self,
+        cid: &str,
+        exec_ref: &str,
+    ) -> Result<Option<(bool, Option<i64>)>, String> {
+        let Some(job) = exec_ref.strip_prefix("agent:") else {
+            return self
+                .engine
+                .exec_state(exec_ref)
+                .await
+                .map_err(|e| e.to_string());
+        };
+        let Ok(job) = job.parse::<u32>() else {
+            return Ok(None);
+        };
+        let agent = match self.agent_for(cid).await {
+            Ok(a) => a,
+            Err(DockerError::NoSuchContainer(_)) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let known = agent
+            .query(None, Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(known.get(&job).map(|code| (code.is_none(), *code)))
     }
 
     async fn end(&self, task: &TaskRecord, state: TaskState, exit_code: Option<i64>, why: &str) {
@@ -155,7 +180,7 @@ impl Runner {
         let mut poll = tokio::time::interval(Duration::from_millis(200));
         let (state, code, why) = loop {
             tokio::select! {
-                _ = poll.tick() => match self.engine.exec_state(&exec_id).await {
+                _ = poll.tick() => match self.job_state(&cid, &exec_id).await {
                     Ok(Some((true, _))) => {}
                     Ok(Some((false, code))) => break (super::terminal_for_exit(code), code, RESTARTED.to_string()),
                     Ok(None) => break (TaskState::Failed, None, "the task's container is gone".to_string()),

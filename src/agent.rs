@@ -1,0 +1,676 @@
+//! The server's side of ufaas-agent (`agent/agent.c`), the main process of every container.
+//! A task in a live container is one line to the agent, which forks and execs the command and
+//! streams its output back over the container's attached stdio: no Docker exec per task,
+//! whose engine and runc work (~40 ms here) would otherwise be most of a warm task's time.
+//!
+//! The wire format is described at the top of `agent/agent.c`. We send text lines (base64
+//! payloads), so nothing we send can contain the attach stream's detach-key sequence; the
+//! agent answers in binary frames. A connection made to an agent that has been running (after
+//! a restart) may begin mid-frame: the decoder then skips to the answer of a query carrying a
+//! fresh nonce.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
+use sha2::Digest;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::docker::{Attached, ExecResult, OutputStream, Stream};
+
+/// The agent program, built by build.rs for the machine the server is built for.
+pub static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ufaas-agent"));
+
+/// Where the agent sits in every container.
+pub const PATH: &str = "/.ufaas/agent";
+
+/// Stdin is sent in pieces of this size, each one line.
+const STDIN_PIECE: usize = 48 * 1024;
+/// Output frames queued for one job before the agent is made to wait.
+const JOB_QUEUE: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The attached stream ended or broke: the container stopped, was removed, or the engine
+    /// went away.
+    #[error("the connection to the container's agent was lost ({0})")]
+    Lost(String),
+    #[error("the agent did not answer in time")]
+    Timeout,
+}
+
+/// Writes the agent to `dir` (once per build: its name carries its digest) and returns its
+/// path, for bind-mounting into containers.
+pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let digest = hex::encode(sha2::Sha256::digest(BINARY));
+    let path = dir.join(format!(".ufaas-agent-{}", &digest[..16]));
+    if std::fs::read(&path).is_ok_and(|b| b == BINARY) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(dir)?;
+    // Written aside and renamed, so a container never sees half a program.
+    let tmp = dir.join(format!(
+        ".ufaas-agent-{}.{}",
+        &digest[..16],
+        std::process::id()
+    ));
+    std::fs::write(&tmp, BINARY)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+// ---- what we send -------------------------------------------------------------------------
+
+fn line(kind: u8, job: u32, payload: Option<&[u8]>) -> Vec<u8> {
+    let mut l = Vec::with_capacity(16 + payload.map_or(0, |p| p.len() * 4 / 3 + 4));
+    l.push(kind);
+    l.push(b' ');
+    l.extend_from_slice(job.to_string().as_bytes());
+    if let Some(p) = payload {
+        l.push(b' ');
+        let b64 = base64::engine::general_purpose::STANDARD.encode(p);
+        l.extend_from_slice(b64.as_bytes());
+    }
+    l.push(b'\n');
+    l
+}
+
+/// One command for the agent.
+#[derive(Debug, Clone, Default)]
+pub struct JobRequest {
+    pub argv: Vec<String>,
+    /// `K=V`, laid over the container's environment.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub stdin: Option<Vec<u8>>,
+}
+
+fn run_payload(req: &JobRequest) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&(req.argv.len() as u32).to_le_bytes());
+    p.extend_from_slice(&(req.env.len() as u32).to_le_bytes());
+    p.push(u8::from(req.stdin.is_some()));
+    for s in std::iter::once(&req.cwd)
+        .chain(req.argv.iter())
+        .chain(req.env.iter())
+    {
+        // A NUL cannot be passed to exec; validation refuses it, and here it would only
+        // shift the fields.
+        p.extend(s.bytes().filter(|b| *b != 0));
+        p.push(0);
+    }
+    p
+}
+
+// ---- what we receive -----------------------------------------------------------------------
+
+/// One frame from the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello(String),
+    Started {
+        job: u32,
+        pid: u32,
+    },
+    /// The command never ran.
+    Failed {
+        job: u32,
+        code: u32,
+        message: String,
+    },
+    Output {
+        job: u32,
+        stream: Stream,
+        data: Bytes,
+    },
+    Exited {
+        job: u32,
+        code: u32,
+    },
+    Running {
+        job: u32,
+    },
+    Sync([u8; 16]),
+    SyncEnd,
+    Unknown(u8),
+}
+
+const HEADER: usize = 9;
+
+/// Splits the agent's stdout into frames. Unsynced, it discards bytes until the answer to the
+/// query with its nonce.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: BytesMut,
+    resync: Option<[u8; 16]>,
+}
+
+impl Decoder {
+    pub fn synced() -> Decoder {
+        Decoder::default()
+    }
+
+    /// For a stream that may start mid-frame: everything before the `Y` frame carrying
+    /// `nonce` is skipped.
+    pub fn unsynced(nonce: [u8; 16]) -> Decoder {
+        Decoder {
+            buf: BytesMut::new(),
+            resync: Some(nonce),
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next whole frame, if there is one.
+    pub fn next_frame(&mut self) -> Option<Frame> {
+        if let Some(nonce) = self.resync {
+            let mut marker = [0u8; HEADER + 16];
+            marker[0] = b'Y';
+            marker[5..9].copy_from_slice(&16u32.to_le_bytes());
+            marker[HEADER..].copy_from_slice(&nonce);
+            match self.buf.windows(marker.len()).position(|w| w == marker) {
+                Some(at) => {
+                    self.buf.advance(at);
+                    self.resync = None;
+                }
+                None => {
+                    // Keep a tail that may be the start of the marker.
+                    let keep = (marker.len() - 1).min(self.buf.len());
+                    let drop = self.buf.len() - keep;
+                    self.buf.advance(drop);
+                    return None;
+                }
+            }
+        }
+        if self.buf.len() < HEADER {
+            return None;
+        }
+        let kind = self.buf[0];
+        let job = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        let len = u32::from_le_bytes([self.buf[5], self.buf[6], self.buf[7], self.buf[8]]) as usize;
+        if self.buf.len() < HEADER + len {
+            self.buf.reserve(HEADER + len - self.buf.len());
+            return None;
+        }
+        self.buf.advance(HEADER);
+        let payload = self.buf.split_to(len).freeze();
+        let u32_at = |p: &Bytes| {
+            p.get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .unwrap_or(0)
+        };
+        Some(match kind {
+            b'H' => Frame::Hello(String::from_utf8_lossy(&payload).into_owned()),
+            b'S' => Frame::Started {
+                job,
+                pid: u32_at(&payload),
+            },
+            b'F' => Frame::Failed {
+                job,
+                code: u32_at(&payload),
+                message: String::from_utf8_lossy(payload.get(4..).unwrap_or_default()).into_owned(),
+            },
+            b'O' => Frame::Output {
+                job,
+                stream: Stream::Stdout,
+                data: payload,
+            },
+            b'E' => Frame::Output {
+                job,
+                stream: Stream::Stderr,
+                data: payload,
+            },
+            b'X' => Frame::Exited {
+                job,
+                code: u32_at(&payload),
+            },
+            b'P' => Frame::Running { job },
+            b'Y' => {
+                let mut n = [0u8; 16];
+                let take = payload.len().min(16);
+                n[..take].copy_from_slice(&payload[..take]);
+                Frame::Sync(n)
+            }
+            b'Z' => Frame::SyncEnd,
+            other => Frame::Unknown(other),
+        })
+    }
+}
+
+// ---- the connection -------------------------------------------------------------------------
+
+/// What happens to one job.
+#[derive(Debug)]
+pub enum JobEvent {
+    Output(Stream, Bytes),
+    /// The job ended: its exit code, and why when the command never ran.
+    Ended {
+        code: i64,
+        error: Option<String>,
+    },
+}
+
+/// How each job the agent knows stands: `None` while it runs, else its exit code.
+pub type Known = HashMap<u32, Option<i64>>;
+
+struct Query {
+    nonce: [u8; 16],
+    collecting: bool,
+    known: Known,
+    done: oneshot::Sender<Known>,
+}
+
+#[derive(Default)]
+struct Shared {
+    jobs: Mutex<HashMap<u32, mpsc::Sender<JobEvent>>>,
+    query: Mutex<Option<Query>>,
+    /// Why the stream ended, once it has.
+    lost: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<u32, mpsc::Sender<JobEvent>>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn query(&self) -> std::sync::MutexGuard<'_, Option<Query>> {
+        self.query.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn lost(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+type Input = Arc<tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>>;
+
+/// A live connection to one container's agent.
+pub struct Agent {
+    input: Input,
+    shared: Arc<Shared>,
+    reader: tokio::task::JoinHandle<()>,
+    /// Serialises queries: one nonce in flight.
+    querying: tokio::sync::Mutex<()>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Agent {
+    /// Talks to the agent over `attached`. `fresh`: attached before the container started,
+    /// so the stream begins at the agent's first byte.
+    pub fn new(attached: Attached, fresh: bool) -> (Agent, Option<[u8; 16]>) {
+        let nonce = (!fresh).then(|| *uuid::Uuid::new_v4().as_bytes());
+        let decoder = match nonce {
+            Some(n) => Decoder::unsynced(n),
+            None => Decoder::synced(),
+        };
+        let shared = Arc::new(Shared::default());
+        let reader = tokio::spawn(read_frames(attached.output, decoder, shared.clone()));
+        let agent = Agent {
+            input: Arc::new(tokio::sync::Mutex::new(attached.input)),
+            shared,
+            reader,
+            querying: tokio::sync::Mutex::new(()),
+        };
+        (agent, nonce)
+    }
+
+    /// Whether the stream has ended (nothing more will come).
+    pub fn is_lost(&self) -> bool {
+        self.shared.lost().is_some()
+    }
+
+    fn lost_error(&self) -> AgentError {
+        AgentError::Lost(
+            self.shared
+                .lost()
+                .clone()
+                .unwrap_or_else(|| "closed".into()),
+        )
+    }
+
+    async fn send(&self, bytes: &[u8]) -> Result<(), AgentError> {
+        let mut input = self.input.lock().await;
+        let r = async {
+            input.write_all(bytes).await?;
+            input.flush().await
+        }
+        .await;
+        r.map_err(|e| AgentError::Lost(e.to_string()))
+    }
+
+    /// Starts a job; its output and end arrive on the returned channel, which closes without
+    /// an end if the connection is lost.
+    pub async fn start(
+        &self,
+        job: u32,
+        req: &JobRequest,
+    ) -> Result<mpsc::Receiver<JobEvent>, AgentError> {
+        if self.is_lost() {
+            return Err(self.lost_error());
+        }
+        let (tx, rx) = mpsc::channel(JOB_QUEUE);
+        self.shared.jobs().insert(job, tx);
+        if let Err(e) = self.send(&line(b'R', job, Some(&run_payload(req)))).await {
+            self.shared.jobs().remove(&job);
+            return Err(e);
+        }
+        if let Some(data) = req.stdin.clone() {
+            // From its own task: a command that prints before it reads must not wait on us.
+            let input = self.input.clone();
+            tokio::spawn(async move {
+                let mut w = input.lock().await;
+                for piece in data.chunks(STDIN_PIECE) {
+                    if w.write_all(&line(b'I', job, Some(piece))).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = w.write_all(&line(b'C', job, None)).await;
+                let _ = w.flush().await;
+            });
+        }
+        Ok(rx)
+    }
+
+    /// Watches a job started by an earlier connection; see [`Agent::query`] for how it
+    /// stands.
+    pub fn follow(&self, job: u32) -> mpsc::Receiver<JobEvent> {
+        let (tx, rx) = mpsc::channel(JOB_QUEUE);
+        self.shared.jobs().insert(job, tx);
+        rx
+    }
+
+    /// Sends `signal` to the job's process group.
+    pub async fn kill(&self, job: u32, signal: u32) -> Result<(), AgentError> {
+        self.send(&line(b'K', job, Some(&signal.to_le_bytes())))
+            .await
+    }
+
+    /// Lets the agent forget an ended job.
+    pub async fn ack(&self, job: u32) -> Result<(), AgentError> {
+        self.send(&line(b'A', job, None)).await
+    }
+
+    /// Every job the agent knows, and how it stands. On a connection made by [`Agent::new`]
+    /// with a nonce, pass it: the answer to that query is where the stream becomes readable.
+    pub async fn query(
+        &self,
+        nonce: Option<[u8; 16]>,
+        within: std::time::Duration,
+    ) -> Result<Known, AgentError> {
+        let _one = self.querying.lock().await;
+        let nonce = nonce.unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes());
+        let (tx, rx) = oneshot::channel();
+        *self.shared.query() = Some(Query {
+            nonce,
+            collecting: false,
+            known: Known::new(),
+            done: tx,
+        });
+        self.send(&line(b'Q', 0, Some(&nonce))).await?;
+        match tokio::time::timeout(within, rx).await {
+            Ok(Ok(known)) => Ok(known),
+            Ok(Err(_)) => Err(self.lost_error()),
+            Err(_) => Err(AgentError::Timeout),
+        }
+    }
+}
+
+async fn read_frames(mut output: OutputStream, mut decoder: Decoder, shared: Arc<Shared>) {
+    let why = loop {
+        match output.next().await {
+            Some(Ok((Stream::Stdout, data))) => {
+                decoder.push(&data);
+                while let Some(frame) = decoder.next_frame() {
+                    dispatch(&shared, frame).await;
+                }
+            }
+            Some(Ok((Stream::Stderr, data))) => {
+                tracing::warn!(agent = %String::from_utf8_lossy(&data).trim_end(), "the agent says");
+            }
+            Some(Err(e)) => break e.to_string(),
+            None => break "the container's output ended".to_string(),
+        }
+    };
+    *shared.lost() = Some(why);
+    // Every waiting job sees its channel close; a waiting query is dropped.
+    shared.jobs().clear();
+    shared.query().take();
+}
+
+async fn dispatch(shared: &Shared, frame: Frame) {
+    let (job, event, ends) = match frame {
+        Frame::Output { job, stream, data } => (job, JobEvent::Output(stream, data), false),
+        Frame::Exited { job, code } => {
+            note_known(shared, job, Some(i64::from(code)));
+            (
+                job,
+                JobEvent::Ended {
+                    code: i64::from(code),
+                    error: None,
+                },
+                true,
+            )
+        }
+        Frame::Failed { job, code, message } => (
+            job,
+            JobEvent::Ended {
+                code: i64::from(code),
+                error: Some(message),
+            },
+            true,
+        ),
+        Frame::Running { job } => {
+            note_known(shared, job, None);
+            return;
+        }
+        Frame::Sync(nonce) => {
+            if let Some(q) = shared.query().as_mut() {
+                if q.nonce == nonce {
+                    q.collecting = true;
+                }
+            }
+            return;
+        }
+        Frame::SyncEnd => {
+            let mut slot = shared.query();
+            if slot.as_ref().is_some_and(|q| q.collecting) {
+                if let Some(q) = slot.take() {
+                    let _ = q.done.send(q.known);
+                }
+            }
+            return;
+        }
+        Frame::Started { .. } | Frame::Hello(_) | Frame::Unknown(_) => return,
+    };
+    let tx = {
+        let mut jobs = shared.jobs();
+        if ends {
+            jobs.remove(&job)
+        } else {
+            jobs.get(&job).cloned()
+        }
+    };
+    if let Some(tx) = tx {
+        // Waits when the job's reader is behind: the agent then waits too, and so does the
+        // command (back-pressure rather than memory). A reader that went away is ignored.
+        let _ = tx.send(event).await;
+    }
+}
+
+fn note_known(shared: &Shared, job: u32, code: Option<i64>) {
+    if let Some(q) = shared.query().as_mut() {
+        if q.collecting {
+            q.known.insert(job, code);
+        }
+    }
+}
+
+/// Reads a job to its end, keeping up to `cap` bytes of each stream and handing every chunk
+/// to `on_chunk` as it comes. Past eight times the cap plus 1 MiB it stops reading and reports
+/// an overflow: the caller kills the command.
+/// When the connection is lost first, what came is kept and `lost` says why.
+pub async fn collect(
+    rx: &mut mpsc::Receiver<JobEvent>,
+    cap: usize,
+    on_chunk: &(dyn Fn(Stream, &[u8]) + Send + Sync),
+) -> ExecResult {
+    let mut result = ExecResult::default();
+    let flood = cap.saturating_mul(8).saturating_add(1 << 20);
+    let mut produced = 0usize;
+    loop {
+        match rx.recv().await {
+            Some(JobEvent::Output(stream, data)) => {
+                on_chunk(stream, &data);
+                let buf = match stream {
+                    Stream::Stdout => &mut result.stdout,
+                    Stream::Stderr => &mut result.stderr,
+                };
+                let room = cap.saturating_sub(buf.len());
+                buf.extend_from_slice(&data[..data.len().min(room)]);
+                if data.len() > room {
+                    result.truncated = true;
+                }
+                produced = produced.saturating_add(data.len());
+                if produced > flood {
+                    result.overflowed = true;
+                    return result;
+                }
+            }
+            Some(JobEvent::Ended { code, error }) => {
+                result.exit_code = Some(code);
+                result.error = error;
+                return result;
+            }
+            None => {
+                result.lost = Some("the container's output ended".into());
+                return result;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, job: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![kind];
+        f.extend_from_slice(&job.to_le_bytes());
+        f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn frames_split_anywhere_decode_whole() {
+        let mut bytes = frame(b'H', 0, b"ufaas-agent/1");
+        bytes.extend(frame(b'O', 7, b"hello\n"));
+        bytes.extend(frame(b'X', 7, &3u32.to_le_bytes()));
+        bytes.extend(frame(b'F', 8, b"\x7f\0\0\0exec: nope"));
+        for split in 0..bytes.len() {
+            let mut d = Decoder::synced();
+            let mut got = Vec::new();
+            d.push(&bytes[..split]);
+            while let Some(f) = d.next_frame() {
+                got.push(f);
+            }
+            d.push(&bytes[split..]);
+            while let Some(f) = d.next_frame() {
+                got.push(f);
+            }
+            assert_eq!(
+                got,
+                vec![
+                    Frame::Hello("ufaas-agent/1".into()),
+                    Frame::Output {
+                        job: 7,
+                        stream: Stream::Stdout,
+                        data: Bytes::from_static(b"hello\n")
+                    },
+                    Frame::Exited { job: 7, code: 3 },
+                    Frame::Failed {
+                        job: 8,
+                        code: 127,
+                        message: "exec: nope".into()
+                    },
+                ],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unsynced_stream_starts_at_the_answer_to_our_query() {
+        let nonce = *b"0123456789abcdef";
+        // The tail of an earlier frame, a whole frame, an answer to someone else's query,
+        // then ours.
+        let mut bytes = b"lo\n\x01\x02".to_vec();
+        bytes.extend(frame(b'O', 1, b"late output"));
+        bytes.extend(frame(b'Y', 0, b"fedcba9876543210"));
+        bytes.extend(frame(b'Y', 0, &nonce));
+        bytes.extend(frame(b'X', 4, &0u32.to_le_bytes()));
+        bytes.extend(frame(b'Z', 0, b""));
+        for piece in [1, 3, 7, 1000] {
+            let mut d = Decoder::unsynced(nonce);
+            let mut got = Vec::new();
+            for chunk in bytes.chunks(piece) {
+                d.push(chunk);
+                while let Some(f) = d.next_frame() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(
+                got,
+                vec![
+                    Frame::Sync(nonce),
+                    Frame::Exited { job: 4, code: 0 },
+                    Frame::SyncEnd
+                ],
+                "pieces of {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn lines_carry_no_control_bytes_but_newline() {
+        let req = JobRequest {
+            argv: vec!["sh".into(), "-c".into(), "printf '\\x10\\x11'".into()],
+            env: vec!["A=\u{10}\u{11}".into()],
+            cwd: "/".into(),
+            stdin: Some(vec![0x10, 0x11, 0, 255]),
+        };
+        let l = line(b'R', 42, Some(&run_payload(&req)));
+        assert!(l.starts_with(b"R 42 "));
+        assert_eq!(l.iter().filter(|b| b.is_ascii_control()).count(), 1);
+        assert_eq!(l.last(), Some(&b'\n'));
+        let body = &l[5..l.len() - 1];
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap_or_default();
+        assert_eq!(&decoded[..9], &[3, 0, 0, 0, 1, 0, 0, 0, 1]);
+        assert!(decoded.ends_with(b"A=\x10\x11\0"));
+        assert_eq!(line(b'A', 5, None), b"A 5\n");
+    }
+
+    #[test]
+    fn install_writes_the_program_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let a = install(dir.path()).unwrap_or_else(|e| panic!("install: {e}"));
+        let b = install(dir.path()).unwrap_or_else(|e| panic!("install: {e}"));
+        assert_eq!(a, b);
+        assert_eq!(std::fs::read(&a).unwrap_or_default(), BINARY);
+        assert_eq!(&BINARY[..4], b"\x7fELF");
+    }
+}
