@@ -53,7 +53,7 @@ async fn a_task_runs_and_every_transition_is_stored() {
         .unwrap_or_default()
         .to_string();
     assert!(
-        !cid.is_empty() && !container_exists(&cid),
+        !cid.is_empty() && common::wait_container_gone(&cid).await,
         "container {cid} should be gone"
     );
     assert_eq!(

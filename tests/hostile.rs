@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{container_exists, sh, Server, PYTHON};
+use common::{sh, Server, PYTHON};
 use serde_json::{json, Value};
 
 fn lines(t: &Value) -> Vec<String> {
@@ -103,7 +103,10 @@ async fn a_fork_bomb_is_contained_and_others_still_run() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    assert!(!container_exists(&cid), "the bomb's container is gone");
+    assert!(
+        common::wait_container_gone(&cid).await,
+        "the bomb's container is gone"
+    );
     assert_eq!(server.get("/healthz").await.status, 200);
     server.stop().await;
 }
@@ -125,7 +128,7 @@ async fn an_output_flood_is_capped_and_killed() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    assert!(!container_exists(&cid));
+    assert!(common::wait_container_gone(&cid).await);
     server.stop().await;
 }
 
@@ -174,7 +177,10 @@ async fn a_setsid_daemon_goes_with_its_container_and_no_server_secret_is_visible
         .as_str()
         .unwrap_or_default()
         .to_string();
-    assert!(!container_exists(&cid), "the daemon's container is removed");
+    assert!(
+        common::wait_container_gone(&cid).await,
+        "the daemon's container is removed"
+    );
     // The task's environment is the image's and the spec's, nothing of the server's.
     let env: Vec<String> = lines(&t).into_iter().skip(1).collect();
     let names: Vec<&str> = env

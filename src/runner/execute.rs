@@ -40,6 +40,8 @@ struct Placement {
     workdir: String,
     /// Whether it outlives the task.
     keep: bool,
+    /// Whether other tasks' records name it (it was kept, or lent to this one).
+    shared: bool,
     /// When the container's life (`ttl`) ends.
     expires_at: Instant,
     ttl: u64,
@@ -208,8 +210,12 @@ impl Runner {
         }
         let container_state = if keep {
             ContainerState::Ready
-        } else {
+        } else if placement.shared {
+            // Every record naming it must say it is gone.
             self.drop_container(&cid).await;
+            ContainerState::Removed
+        } else {
+            self.discard_container(&cid);
             ContainerState::Removed
         };
         let state = match stop {
@@ -344,6 +350,7 @@ impl Runner {
                     agent,
                     workdir,
                     keep: keep_default(true),
+                    shared: true,
                     expires_at: kept.expires_at,
                     ttl: spec.ttl.unwrap_or(self.cfg.default_ttl),
                 });
@@ -464,6 +471,7 @@ impl Runner {
             agent,
             workdir,
             keep,
+            shared: keep,
             expires_at,
             ttl,
         })

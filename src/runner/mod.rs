@@ -68,7 +68,7 @@ pub struct Runner {
     /// This start's id, on every container it makes (label `ufaas.boot`).
     boot: String,
     /// Containers whose removal failed, retried by the reaper.
-    unremoved: Mutex<std::collections::HashSet<String>>,
+    unremoved: Arc<Mutex<std::collections::HashSet<String>>>,
     /// The connection to each live container's agent.
     agents: Mutex<HashMap<String, Arc<Agent>>>,
     /// How new containers get the agent.
@@ -113,7 +113,7 @@ impl Runner {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             boot: uuid::Uuid::new_v4().simple().to_string(),
-            unremoved: Mutex::new(Default::default()),
+            unremoved: Arc::new(Mutex::new(Default::default())),
             agents: Mutex::new(HashMap::new()),
             agent_mount: RwLock::new(agent_mount),
             next_job: AtomicU32::new(u32::from_le_bytes(
@@ -595,6 +595,24 @@ impl Runner {
         {
             tracing::warn!(container = %id, error = %e, "could not record a container's removal");
         }
+    }
+
+    /// Forgets a container no task will use again and has Docker remove it in the
+    /// background: the task's answer does not wait for the removal (tens of ms of the
+    /// engine's time). Its record says `removed` from now on; shutdown waits for these
+    /// removals and the reaper retries any that fail.
+    fn discard_container(&self, id: &str) {
+        self.kept.remove(id);
+        self.agents().remove(id);
+        let engine = self.engine.clone();
+        let unremoved = self.unremoved.clone();
+        let id = id.to_string();
+        self.tracker.spawn(async move {
+            if let Err(e) = engine.remove(&id).await {
+                tracing::warn!(container = %id, error = %e, "could not remove a container; will retry");
+                unremoved.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+            }
+        });
     }
 
     fn unremoved(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {

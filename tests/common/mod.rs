@@ -276,6 +276,19 @@ pub fn container_exists(id: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Waits (up to 20 s) until Docker no longer knows container `id`: a task's own container is
+/// removed in the background once the task has ended. False if it is still there.
+pub async fn wait_container_gone(id: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if !container_exists(id) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    !container_exists(id)
+}
+
 /// Containers (running or not) labelled with the instance id of the database at `db`.
 pub async fn containers_of(db: &std::path::Path) -> Vec<String> {
     let url = format!("sqlite://{}?mode=ro", db.display());
