@@ -33,6 +33,12 @@ pub const PATH: &str = "/.ufaas/agent";
 const STDIN_PIECE: usize = 48 * 1024;
 /// Output frames queued for one job before the agent is made to wait.
 const JOB_QUEUE: usize = 64;
+/// No frame of the agent is longer (its output chunks are 64 KiB). A longer one means the
+/// stream is not the agent's (a task in the container can write to it): the connection is
+/// dropped rather than a buffer grown to whatever it says.
+const MAX_FRAME: usize = 1 << 20;
+/// Jobs one query answer may list.
+const MAX_KNOWN: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -170,8 +176,8 @@ impl Decoder {
         self.buf.extend_from_slice(data);
     }
 
-    /// The next whole frame, if there is one.
-    pub fn next_frame(&mut self) -> Option<Frame> {
+    /// The next whole frame, if there is one; an error when the stream cannot be the agent's.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, String> {
         if let Some(nonce) = self.resync {
             let mut marker = [0u8; HEADER + 16];
             marker[0] = b'Y';
@@ -187,19 +193,22 @@ impl Decoder {
                     let keep = (marker.len() - 1).min(self.buf.len());
                     let drop = self.buf.len() - keep;
                     self.buf.advance(drop);
-                    return None;
+                    return Ok(None);
                 }
             }
         }
         if self.buf.len() < HEADER {
-            return None;
+            return Ok(None);
         }
         let kind = self.buf[0];
         let job = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
         let len = u32::from_le_bytes([self.buf[5], self.buf[6], self.buf[7], self.buf[8]]) as usize;
+        if len > MAX_FRAME {
+            return Err(format!("a frame of {len} bytes: not the agent's stream"));
+        }
         if self.buf.len() < HEADER + len {
             self.buf.reserve(HEADER + len - self.buf.len());
-            return None;
+            return Ok(None);
         }
         self.buf.advance(HEADER);
         let payload = self.buf.split_to(len).freeze();
@@ -208,7 +217,7 @@ impl Decoder {
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .unwrap_or(0)
         };
-        Some(match kind {
+        Ok(Some(match kind {
             b'H' => Frame::Hello(String::from_utf8_lossy(&payload).into_owned()),
             b'S' => Frame::Started {
                 job,
@@ -242,7 +251,7 @@ impl Decoder {
             }
             b'Z' => Frame::SyncEnd,
             other => Frame::Unknown(other),
-        })
+        }))
     }
 }
 
@@ -432,8 +441,15 @@ async fn read_frames(mut output: OutputStream, mut decoder: Decoder, shared: Arc
         match output.next().await {
             Some(Ok((Stream::Stdout, data))) => {
                 decoder.push(&data);
-                while let Some(frame) = decoder.next_frame() {
-                    dispatch(&shared, frame).await;
+                let corrupt = loop {
+                    match decoder.next_frame() {
+                        Ok(Some(frame)) => dispatch(&shared, frame).await,
+                        Ok(None) => break None,
+                        Err(e) => break Some(e),
+                    }
+                };
+                if let Some(e) = corrupt {
+                    break e;
                 }
             }
             Some(Ok((Stream::Stderr, data))) => {
@@ -511,7 +527,7 @@ async fn dispatch(shared: &Shared, frame: Frame) {
 
 fn note_known(shared: &Shared, job: u32, code: Option<i64>) {
     if let Some(q) = shared.query().as_mut() {
-        if q.collecting {
+        if q.collecting && q.known.len() < MAX_KNOWN {
             q.known.insert(job, code);
         }
     }
@@ -583,11 +599,11 @@ mod tests {
             let mut d = Decoder::synced();
             let mut got = Vec::new();
             d.push(&bytes[..split]);
-            while let Some(f) = d.next_frame() {
+            while let Ok(Some(f)) = d.next_frame() {
                 got.push(f);
             }
             d.push(&bytes[split..]);
-            while let Some(f) = d.next_frame() {
+            while let Ok(Some(f)) = d.next_frame() {
                 got.push(f);
             }
             assert_eq!(
@@ -627,7 +643,7 @@ mod tests {
             let mut got = Vec::new();
             for chunk in bytes.chunks(piece) {
                 d.push(chunk);
-                while let Some(f) = d.next_frame() {
+                while let Ok(Some(f)) = d.next_frame() {
                     got.push(f);
                 }
             }
@@ -641,6 +657,17 @@ mod tests {
                 "pieces of {piece}"
             );
         }
+    }
+
+    #[test]
+    fn a_frame_longer_than_any_of_the_agents_is_refused_not_buffered() {
+        let mut d = Decoder::synced();
+        let mut f = vec![b'O'];
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&u32::MAX.to_le_bytes());
+        d.push(&f);
+        assert!(d.next_frame().is_err());
+        assert!(d.buf.capacity() < 1 << 16);
     }
 
     #[test]
@@ -672,5 +699,207 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(std::fs::read(&a).unwrap_or_default(), BINARY);
         assert_eq!(&BINARY[..4], b"\x7fELF");
+    }
+
+    /// The agent as a local process, talked to over its stdio exactly as over a container's
+    /// attached stdio: the protocol and the agent's job handling, without Docker.
+    struct Local {
+        agent: Agent,
+        _child: tokio::process::Child,
+        _dir: tempfile::TempDir,
+    }
+
+    fn local(fresh: bool) -> (Local, Option<[u8; 16]>) {
+        use tokio::process::Command;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = install(dir.path()).unwrap_or_else(|e| panic!("install: {e}"));
+        let mut child = Command::new(path)
+            .env("FROM_AGENT", "inherited")
+            .env("REPLACED", "old")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn the agent: {e}"));
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            panic!("no stdio")
+        };
+        let output = tokio_util::io::ReaderStream::new(stdout).map(|r| {
+            r.map(|b| (Stream::Stdout, b))
+                .map_err(|e| crate::docker::DockerError::Unavailable(e.to_string()))
+        });
+        let attached = Attached {
+            output: Box::pin(output),
+            input: Box::pin(stdin),
+        };
+        let (agent, nonce) = Agent::new(attached, fresh);
+        (
+            Local {
+                agent,
+                _child: child,
+                _dir: dir,
+            },
+            nonce,
+        )
+    }
+
+    fn req(argv: &[&str]) -> JobRequest {
+        JobRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            cwd: "/".into(),
+            ..Default::default()
+        }
+    }
+
+    async fn run(agent: &Agent, job: u32, r: &JobRequest) -> ExecResult {
+        let mut rx = agent
+            .start(job, r)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            collect(&mut rx, 1 << 20, &|_, _| {}),
+        )
+        .await;
+        r.unwrap_or_else(|_| panic!("job {job} did not end"))
+    }
+
+    #[tokio::test]
+    async fn a_job_gets_its_env_cwd_and_streams_and_reports_its_code() {
+        let (l, _) = local(true);
+        let mut r = req(&[
+            "sh",
+            "-c",
+            "echo $FROM_AGENT $REPLACED $ADDED; pwd; echo oops >&2; exit 3",
+        ]);
+        r.env = vec!["REPLACED=new".into(), "ADDED=yes".into()];
+        r.cwd = "/tmp".into();
+        let out = run(&l.agent, 1, &r).await;
+        assert_eq!(out.exit_code, Some(3));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "inherited new yes\n/tmp\n"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+        assert_eq!((out.error, out.lost), (None, None));
+    }
+
+    #[tokio::test]
+    async fn stdin_of_any_bytes_and_size_arrives_whole() {
+        let (l, _) = local(true);
+        // Detach keys (ctrl-p ctrl-q), NULs, newlines: 300 KB of every byte value.
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .chain([0x10, 0x11, 0, b'\n'])
+            .collect();
+        let mut r = req(&["cat"]);
+        r.stdin = Some(data.clone());
+        let out = run(&l.agent, 2, &r).await;
+        assert_eq!(out.exit_code, Some(0));
+        assert!(
+            out.stdout == data,
+            "cat gave {} bytes back",
+            out.stdout.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn commands_that_cannot_start_say_why() {
+        let (l, _) = local(true);
+        let out = run(&l.agent, 3, &req(&["no-such-command-here"])).await;
+        assert_eq!(out.exit_code, Some(127));
+        assert_eq!(
+            out.error.as_deref(),
+            Some("exec: \"no-such-command-here\": executable file not found in $PATH")
+        );
+        let mut r = req(&["true"]);
+        r.cwd = "/no/such/dir".into();
+        let out = run(&l.agent, 4, &r).await;
+        assert_eq!(out.exit_code, Some(126));
+        assert!(
+            out.error
+                .as_deref()
+                .is_some_and(|e| e.contains("/no/such/dir") && e.contains("No such file")),
+            "{:?}",
+            out.error
+        );
+        let out = run(&l.agent, 5, &req(&["/"])).await;
+        assert_eq!(out.exit_code, Some(126), "{:?}", out.error);
+    }
+
+    #[tokio::test]
+    async fn a_job_sees_only_stdio_and_a_kill_reaches_its_group() {
+        let (l, _) = local(true);
+        let out = run(&l.agent, 6, &req(&["sh", "-c", "ls /proc/$$/fd"])).await;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n1\n2\n");
+        let mut rx = l
+            .agent
+            .start(7, &req(&["sh", "-c", "sleep 100 & sleep 100"]))
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        l.agent
+            .kill(7, 9)
+            .await
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            collect(&mut rx, 1024, &|_, _| {}),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the killed job (and its background child) did not end"));
+        assert_eq!(out.exit_code, Some(137));
+    }
+
+    #[tokio::test]
+    async fn a_job_ends_when_whatever_holds_its_output_is_done() {
+        let (l, _) = local(true);
+        let out = run(
+            &l.agent,
+            8,
+            &req(&["sh", "-c", "echo a; (sleep 0.2; echo b) &"]),
+        )
+        .await;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\n");
+        assert_eq!(out.exit_code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn jobs_run_side_by_side_and_are_remembered_until_acknowledged() {
+        let (l, nonce) = local(false);
+        // An unsynced connection skips the hello and starts at its first query's answer.
+        let known = l
+            .agent
+            .query(nonce, std::time::Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("query: {e}"));
+        assert!(known.is_empty(), "{known:?}");
+        let mut slow = l
+            .agent
+            .start(10, &req(&["sleep", "100"]))
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let fast = run(&l.agent, 11, &req(&["echo", "fast"])).await;
+        assert_eq!(fast.stdout, b"fast\n");
+        let known = l
+            .agent
+            .query(None, std::time::Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("query: {e}"));
+        assert_eq!(known.get(&10), Some(&None), "{known:?}");
+        assert_eq!(known.get(&11), Some(&Some(0)), "{known:?}");
+        l.agent.ack(11).await.unwrap_or_else(|e| panic!("ack: {e}"));
+        l.agent
+            .kill(10, 15)
+            .await
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        let out = collect(&mut slow, 1024, &|_, _| {}).await;
+        assert_eq!(out.exit_code, Some(128 + 15));
+        let known = l
+            .agent
+            .query(None, std::time::Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("query: {e}"));
+        assert_eq!(known.get(&11), None, "acknowledged: {known:?}");
+        assert_eq!(known.get(&10), Some(&Some(143)), "{known:?}");
     }
 }

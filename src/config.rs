@@ -166,6 +166,12 @@ pub struct ServeConfig {
     /// Run Docker's init (tini) as each container's PID 1, so zombies are reaped.
     #[arg(long, env = "UFAAS_INIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub init: bool,
+    /// Upload the agent (each container's main process) into every container instead of
+    /// bind-mounting it from beside the database. Automatic for a remote engine, and when the
+    /// engine says it cannot see the file; force it when the engine sees another filesystem
+    /// at the same path.
+    #[arg(long, env = "UFAAS_AGENT_UPLOAD")]
+    pub agent_upload: bool,
 }
 
 impl ServeConfig {

@@ -62,7 +62,11 @@ pub async fn serve(
     let hardening = cfg.hardening()?;
     netguard::FetchGuard::new(&cfg.allow_fetch)
         .map_err(|e| anyhow::anyhow!("--allow-fetch: {e}"))?;
-    let agent_mount = agent_mount(&engine, &cfg.db);
+    let agent_mount = if cfg.agent_upload {
+        docker::AgentMount::Upload
+    } else {
+        agent_mount(&engine, &cfg.db)
+    };
     let runner = Runner::new(store, engine, cfg, instance, hardening, agent_mount);
     runner.start().await?;
     tracing::info!(addr = %listener.local_addr()?, "ufaas listening");
