@@ -29,6 +29,9 @@
  *   Y  sync     payload: the query's nonce
  *   Z  end      the end of a query's answer
  *
+ * The agent is the container's PID 1: it reaps every orphan, and no other process holds its
+ * stdio (a task writing to /proc/1/fd/1 would otherwise corrupt the frames).
+ *
  * A job ends once its process has exited and both its output pipes are closed, so nothing
  * it (or a child still holding them) printed is lost; X always follows all of its output.
  * Ended jobs are remembered until acknowledged, so a restarted server can learn how a job
@@ -43,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -379,13 +383,23 @@ static void flush_stdin(struct job *j) {
         ssize_t n = write(j->in_fd, j->pending + j->pending_off, j->pending_len - j->pending_off);
         if (n < 0) {
             if (errno == EINTR) continue;
-            if (errno == EAGAIN) return;
+            if (errno == EAGAIN) break;
             drop_stdin(j); /* the command closed its stdin: the rest goes nowhere */
             return;
         }
         j->pending_off += (size_t)n;
     }
-    if (j->in_fd >= 0 && j->close_in) drop_stdin(j);
+    if (j->pending_off == j->pending_len) {
+        /* All written: let the buffer go rather than keep its high-water mark. */
+        free(j->pending);
+        j->pending = NULL;
+        j->pending_len = j->pending_off = 0;
+    } else if (j->pending_off > (1u << 20) && j->pending_off * 2 > j->pending_len) {
+        memmove(j->pending, j->pending + j->pending_off, j->pending_len - j->pending_off);
+        j->pending_len -= j->pending_off;
+        j->pending_off = 0;
+    }
+    if (j->in_fd >= 0 && j->close_in && j->pending_len == 0) drop_stdin(j);
 }
 
 /* ---- input from the server --------------------------------------------------------- */
@@ -440,11 +454,13 @@ static void handle_line(unsigned char *line, size_t len) {
         job_stdin(id, payload, 0, 1);
         break;
     case 'K': {
+        /* Until the job has ended: its leader may be gone while a child it left in its
+         * group still holds the output open. */
         struct job *j = find_job(id);
-        if (j && j->pid > 0 && !j->reaped && plen >= 4) {
+        if (j && j->pid > 0 && !j->ended && plen >= 4) {
             int sig = (int)get_u32(payload);
             kill(-j->pid, sig);
-            kill(j->pid, sig);
+            if (!j->reaped) kill(j->pid, sig);
         }
         break;
     }
@@ -499,6 +515,10 @@ static void pump(struct job *j, int *fd, char type) {
 }
 
 int main(void) {
+    /* Not dumpable: a command (same user, no CAP_SYS_PTRACE) cannot open our stdio through
+     * /proc/1/fd and so cannot talk over the server's channel. Its own exec makes it
+     * dumpable again. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     for (int i = 0; i < MAX_JOBS; i++) jobs[i].out_fd = jobs[i].err_fd = jobs[i].in_fd = -1;
     /* Nothing we were handed beyond stdio reaches a command. */
     for (int fd = 3; fd < 1024; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
@@ -542,7 +562,7 @@ int main(void) {
                 reap();
             } else if (fds[k].fd == 0 && k < fixed) {
                 if (used == cap) {
-                    if (cap >= MAX_LINE) {
+                    if (cap * 2 > MAX_LINE) {
                         used = 0; /* a line past any sane size: drop it */
                     } else {
                         unsigned char *grown = realloc(in, cap * 2);

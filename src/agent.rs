@@ -145,7 +145,6 @@ pub enum Frame {
     },
     Sync([u8; 16]),
     SyncEnd,
-    Unknown(u8),
 }
 
 const HEADER: usize = 9;
@@ -203,8 +202,20 @@ impl Decoder {
         let kind = self.buf[0];
         let job = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
         let len = u32::from_le_bytes([self.buf[5], self.buf[6], self.buf[7], self.buf[8]]) as usize;
-        if len > MAX_FRAME {
-            return Err(format!("a frame of {len} bytes: not the agent's stream"));
+        // Each kind of frame has its size; anything else is not the agent speaking.
+        let fits = match kind {
+            b'S' | b'X' => len == 4,
+            b'F' => (4..=4096).contains(&len),
+            b'P' | b'Z' => len == 0,
+            b'Y' => len == 16,
+            b'H' => len <= 256,
+            b'O' | b'E' => len <= MAX_FRAME,
+            _ => false,
+        };
+        if !fits {
+            return Err(format!(
+                "a frame of kind {kind} and {len} bytes: not the agent's stream"
+            ));
         }
         if self.buf.len() < HEADER + len {
             self.buf.reserve(HEADER + len - self.buf.len());
@@ -249,8 +260,7 @@ impl Decoder {
                 n[..take].copy_from_slice(&payload[..take]);
                 Frame::Sync(n)
             }
-            b'Z' => Frame::SyncEnd,
-            other => Frame::Unknown(other),
+            _ => Frame::SyncEnd,
         }))
     }
 }
@@ -371,6 +381,12 @@ impl Agent {
         }
         let (tx, rx) = mpsc::channel(JOB_QUEUE);
         self.shared.jobs().insert(job, tx);
+        // The reader marks the stream lost before it drops every job's sender: a job added
+        // after that drop sees the mark here.
+        if self.is_lost() {
+            self.shared.jobs().remove(&job);
+            return Err(self.lost_error());
+        }
         if let Err(e) = self.send(&line(b'R', job, Some(&run_payload(req)))).await {
             self.shared.jobs().remove(&job);
             return Err(e);
@@ -427,6 +443,10 @@ impl Agent {
             known: Known::new(),
             done: tx,
         });
+        if self.is_lost() {
+            self.shared.query().take();
+            return Err(self.lost_error());
+        }
         self.send(&line(b'Q', 0, Some(&nonce))).await?;
         match tokio::time::timeout(within, rx).await {
             Ok(Ok(known)) => Ok(known),
@@ -453,7 +473,8 @@ async fn read_frames(mut output: OutputStream, mut decoder: Decoder, shared: Arc
                 }
             }
             Some(Ok((Stream::Stderr, data))) => {
-                tracing::warn!(agent = %String::from_utf8_lossy(&data).trim_end(), "the agent says");
+                let said = String::from_utf8_lossy(&data[..data.len().min(200)]).into_owned();
+                tracing::warn!(agent = %said.trim_end(), "the agent says");
             }
             Some(Err(e)) => break e.to_string(),
             None => break "the container's output ended".to_string(),
@@ -508,7 +529,7 @@ async fn dispatch(shared: &Shared, frame: Frame) {
             }
             return;
         }
-        Frame::Started { .. } | Frame::Hello(_) | Frame::Unknown(_) => return,
+        Frame::Started { .. } | Frame::Hello(_) => return,
     };
     let tx = {
         let mut jobs = shared.jobs();
@@ -533,16 +554,18 @@ fn note_known(shared: &Shared, job: u32, code: Option<i64>) {
     }
 }
 
-/// Reads a job to its end, keeping up to `cap` bytes of each stream and handing every chunk
-/// to `on_chunk` as it comes. Past eight times the cap plus 1 MiB it stops reading and reports
-/// an overflow: the caller kills the command.
-/// When the connection is lost first, what came is kept and `lost` says why.
+/// Reads a job to its end into `result`, keeping up to `cap` bytes of each stream and handing
+/// every chunk to `on_chunk` as it comes. Past eight times the cap plus 1 MiB it stops
+/// reading and reports an overflow: the caller kills the command. When the connection is
+/// lost first, `lost` says why. Whatever came stays in `result` if this is dropped midway.
+/// The channel is closed on return, so a job left unread never holds up the container's
+/// other jobs.
 pub async fn collect(
     rx: &mut mpsc::Receiver<JobEvent>,
     cap: usize,
     on_chunk: &(dyn Fn(Stream, &[u8]) + Send + Sync),
-) -> ExecResult {
-    let mut result = ExecResult::default();
+    result: &mut ExecResult,
+) {
     let flood = cap.saturating_mul(8).saturating_add(1 << 20);
     let mut produced = 0usize;
     loop {
@@ -561,20 +584,21 @@ pub async fn collect(
                 produced = produced.saturating_add(data.len());
                 if produced > flood {
                     result.overflowed = true;
-                    return result;
+                    break;
                 }
             }
             Some(JobEvent::Ended { code, error }) => {
                 result.exit_code = Some(code);
                 result.error = error;
-                return result;
+                break;
             }
             None => {
                 result.lost = Some("the container's output ended".into());
-                return result;
+                break;
             }
         }
     }
+    rx.close();
 }
 
 #[cfg(test)]
@@ -668,6 +692,16 @@ mod tests {
         d.push(&f);
         assert!(d.next_frame().is_err());
         assert!(d.buf.capacity() < 1 << 16);
+        // So is a kind the agent never sends, or a known kind of the wrong size.
+        for bad in [
+            frame(b'q', 0, b""),
+            frame(b'X', 1, b"12345"),
+            frame(b'Z', 0, b"x"),
+        ] {
+            let mut d = Decoder::synced();
+            d.push(&bad);
+            assert!(d.next_frame().is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -756,12 +790,14 @@ mod tests {
             .start(job, r)
             .await
             .unwrap_or_else(|e| panic!("start: {e}"));
+        let mut out = ExecResult::default();
         let r = tokio::time::timeout(
             std::time::Duration::from_secs(20),
-            collect(&mut rx, 1 << 20, &|_, _| {}),
+            collect(&mut rx, 1 << 20, &|_, _| {}, &mut out),
         )
         .await;
-        r.unwrap_or_else(|_| panic!("job {job} did not end"))
+        r.unwrap_or_else(|_| panic!("job {job} did not end"));
+        out
     }
 
     #[tokio::test]
@@ -841,9 +877,10 @@ mod tests {
             .kill(7, 9)
             .await
             .unwrap_or_else(|e| panic!("kill: {e}"));
-        let out = tokio::time::timeout(
+        let mut out = ExecResult::default();
+        tokio::time::timeout(
             std::time::Duration::from_secs(20),
-            collect(&mut rx, 1024, &|_, _| {}),
+            collect(&mut rx, 1024, &|_, _| {}, &mut out),
         )
         .await
         .unwrap_or_else(|_| panic!("the killed job (and its background child) did not end"));
@@ -892,7 +929,8 @@ mod tests {
             .kill(10, 15)
             .await
             .unwrap_or_else(|e| panic!("kill: {e}"));
-        let out = collect(&mut slow, 1024, &|_, _| {}).await;
+        let mut out = ExecResult::default();
+        collect(&mut slow, 1024, &|_, _| {}, &mut out).await;
         assert_eq!(out.exit_code, Some(128 + 15));
         let known = l
             .agent

@@ -163,9 +163,6 @@ pub struct ServeConfig {
     /// although they are loopback, link-local or private; repeatable.
     #[arg(long = "allow-fetch", env = "UFAAS_ALLOW_FETCH", value_delimiter = ',')]
     pub allow_fetch: Vec<String>,
-    /// Run Docker's init (tini) as each container's PID 1, so zombies are reaped.
-    #[arg(long, env = "UFAAS_INIT", default_value_t = true, action = clap::ArgAction::Set)]
-    pub init: bool,
     /// Upload the agent (each container's main process) into every container instead of
     /// bind-mounting it from beside the database. Automatic for a remote engine, and when the
     /// engine says it cannot see the file; force it when the engine sees another filesystem
@@ -242,7 +239,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.db, PathBuf::from("./ufaas.db"));
         assert_eq!(c.keep_alive, 300);
-        assert!(c.init);
+        assert!(!c.agent_upload);
     }
 
     #[test]
@@ -254,15 +251,14 @@ mod tests {
             "1",
             "--allow-bind",
             "/a,/b",
-            "--init",
-            "false",
+            "--agent-upload",
         ]);
         let Command::Serve(c) = cli.command else {
             panic!("expected serve");
         };
         assert_eq!(c.max_concurrent, 1);
         assert_eq!(c.allow_bind.len(), 2);
-        assert!(!c.init);
+        assert!(c.agent_upload);
         assert!(Cli::try_parse_from(["ufaas", "serve", "--max-concurrent", "0"]).is_err());
     }
 }

@@ -94,7 +94,6 @@ pub struct ContainerSpec {
     /// `host:dest[:ro]`.
     pub binds: Vec<String>,
     pub network: bool,
-    pub init: bool,
     pub hardening: Hardening,
     pub agent: AgentMount,
 }
@@ -352,7 +351,9 @@ impl Engine {
                 tmpfs: (!spec.tmpfs.is_empty()).then(|| spec.tmpfs.clone()),
                 binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
                 network_mode: Some(if spec.network { "bridge" } else { "none" }.to_string()),
-                init: Some(spec.init),
+                // The agent is PID 1 and reaps orphans itself; with Docker's init above it,
+                // a task could write into the agent's stdout through /proc/1/fd/1.
+                init: Some(false),
                 privileged: Some(false),
                 ..Default::default()
             };

@@ -148,3 +148,33 @@ async fn tasks_side_by_side_in_one_kept_container_each_get_their_own_end() {
     assert_eq!(g["container"]["id"], cid);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_task_cannot_reach_the_agents_stdio_and_the_container_stays_usable() {
+    let server = Server::start().await;
+    let d = server
+        .run(
+            &json!({"task_name": "d", "image": BUSYBOX, "is_daemon": true, "cmd_list": ["sh", "-c",
+            "echo garbage > /proc/1/fd/1 2>/dev/null; echo out=$?; \
+             echo 'R 1 AAAA' > /proc/1/fd/0 2>/dev/null; echo in=$?; \
+             head -c 1 /proc/1/fd/0 2>/dev/null; echo read=$?; \
+             readlink /proc/1/exe >/dev/null 2>&1; echo exe=$?"]}),
+        )
+        .await;
+    assert_eq!(d["state"], "FINISHED", "{d}");
+    assert_eq!(d["stdout"], "out=1\nin=1\nread=1\nexe=1\n", "{d}");
+    let did = d["id"].as_str().unwrap_or_default().to_string();
+    let r = server
+        .post(
+            &format!("/fn/{did}?wait=60"),
+            &json!({"task_name": "after", "cmd_list": ["echo", "still fine"]}),
+        )
+        .await;
+    assert_eq!(
+        (&r.body["state"], &r.body["stdout"], &r.body["locality"]),
+        (&json!("FINISHED"), &json!("still fine\n"), &json!("hit")),
+        "{}",
+        r.body
+    );
+    server.stop().await;
+}

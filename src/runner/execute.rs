@@ -50,7 +50,7 @@ struct Placement {
 impl Runner {
     pub(super) async fn execute(&self, task: TaskRecord, cancel: CancellationToken) {
         let id = task.id;
-        let (state, outcome, container_state) = match self.run(&task, &cancel).await {
+        let (state, outcome, container_state, discard) = match self.run(&task, &cancel).await {
             Ok(done) => done,
             Err(message) => {
                 let stop_state = if cancel.is_cancelled() && !self.shutdown.is_cancelled() {
@@ -69,7 +69,7 @@ impl Runner {
                     _ => false,
                 };
                 let container_state = (!lent).then_some(ContainerState::Removed);
-                (stop_state, outcome, container_state)
+                (stop_state, outcome, container_state, None)
             }
         };
         // A task that never had a container shows none: the record pairs the state with an
@@ -81,6 +81,13 @@ impl Runner {
         {
             Ok(_) => {}
             Err(e) => tracing::error!(task = %id, error = %e, "could not record the end of a task"),
+        }
+        // The task's own container goes after its end is recorded (and answered): the
+        // removal is tens of ms of the engine's time that nobody needs to wait for. It still
+        // holds the task's slot, so the engine never has more than --max-concurrent
+        // containers of ours being made, run or removed.
+        if let Some(cid) = discard {
+            self.remove_or_retry(&cid).await;
         }
     }
 
@@ -100,7 +107,7 @@ impl Runner {
         &self,
         task: &TaskRecord,
         cancel: &CancellationToken,
-    ) -> Result<(TaskState, Outcome, Option<ContainerState>), String> {
+    ) -> Result<(TaskState, Outcome, Option<ContainerState>, Option<String>), String> {
         let reuse_image = task.reused_container_of.map(|_| task.image.as_str());
         let spec = spec::parse(
             task.spec.clone(),
@@ -160,28 +167,34 @@ impl Runner {
                 return Err(format!("starting the command failed: {e}"));
             }
         };
-        let exec = agent::collect(&mut rx, self.cfg.max_output_bytes, &live_output);
-        tokio::pin!(exec);
+        let mut result = ExecResult::default();
         let mut stop = None;
-        let result = tokio::select! {
-            r = &mut exec => {
-                if r.overflowed {
-                    stop = Some(Stop::Overflow);
-                    if let Err(e) = self.engine.kill(&cid).await {
-                        tracing::warn!(container = %cid, error = %e, "kill after an output flood failed");
-                    }
+        {
+            let exec = agent::collect(
+                &mut rx,
+                self.cfg.max_output_bytes,
+                &live_output,
+                &mut result,
+            );
+            tokio::pin!(exec);
+            tokio::select! {
+                () = &mut exec => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    stop = Some(if by_ttl { Stop::Ttl(placement.ttl) } else { Stop::Timeout(timeout) });
+                    self.kill_and_collect(&cid, exec).await;
                 }
-                r
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                stop = Some(if by_ttl { Stop::Ttl(placement.ttl) } else { Stop::Timeout(timeout) });
-                self.kill_and_collect(&cid, exec).await
+                _ = cancel.cancelled() => {
+                    stop = Some(if self.shutdown.is_cancelled() { Stop::Shutdown } else { Stop::Cancelled });
+                    self.kill_and_collect(&cid, exec).await;
+                }
             }
-            _ = cancel.cancelled() => {
-                stop = Some(if self.shutdown.is_cancelled() { Stop::Shutdown } else { Stop::Cancelled });
-                self.kill_and_collect(&cid, exec).await
+        }
+        if result.overflowed && stop.is_none() {
+            stop = Some(Stop::Overflow);
+            if let Err(e) = self.engine.kill(&cid).await {
+                tracing::warn!(container = %cid, error = %e, "kill after an output flood failed");
             }
-        };
+        }
 
         let mut outcome = Outcome::default();
         let exec_failed = match &result.lost {
@@ -200,14 +213,16 @@ impl Runner {
             && outcome.exit_code == Some(137)
             && self.engine.memory_limit_hit(&cid).await.unwrap_or(false);
         // A killed container cannot be reused; anything not kept goes now.
-        let keep = placement.keep && stop.is_none();
-        if keep && exec_failed.is_none() {
+        // A container whose agent we lost touch with is not lent again.
+        let keep = placement.keep && stop.is_none() && exec_failed.is_none();
+        if keep {
             // The agent may forget the job now that its end is ours.
             let _ = placement.agent.ack(job).await;
         }
         if placement.keep {
             self.kept.release(&cid);
         }
+        let mut discard = None;
         let container_state = if keep {
             ContainerState::Ready
         } else if placement.shared {
@@ -215,7 +230,9 @@ impl Runner {
             self.drop_container(&cid).await;
             ContainerState::Removed
         } else {
-            self.discard_container(&cid);
+            // No task can use it any more; Docker removes it once the end is recorded.
+            self.forget_container(&cid);
+            discard = Some(cid.clone());
             ContainerState::Removed
         };
         let state = match stop {
@@ -269,7 +286,7 @@ impl Runner {
                 }
             },
         };
-        Ok((state, outcome, Some(container_state)))
+        Ok((state, outcome, Some(container_state), discard))
     }
 
     /// A run that ends before its command: a kept container is handed back, another removed.
@@ -284,17 +301,15 @@ impl Runner {
     async fn kill_and_collect(
         &self,
         cid: &str,
-        exec: std::pin::Pin<&mut impl std::future::Future<Output = ExecResult>>,
-    ) -> ExecResult {
+        exec: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) {
         if let Err(e) = self.engine.kill(cid).await {
             tracing::warn!(container = %cid, error = %e, "kill failed; removing instead");
             let _ = self.engine.remove(cid).await;
         }
-        // The agent's stream ends with the container; keep what the command printed until
-        // then.
-        tokio::time::timeout(Duration::from_secs(10), exec)
-            .await
-            .unwrap_or_default()
+        // The agent's stream ends with the container; what the command printed until then
+        // is kept (and kept too if the stream outlasts this wait).
+        let _ = tokio::time::timeout(Duration::from_secs(10), exec).await;
     }
 
     fn stop_message(&self, cancel: &CancellationToken) -> String {
@@ -338,7 +353,10 @@ impl Runner {
                 self.store
                     .set_container(task.id, &cid, ContainerState::Ready, Some(Locality::Hit))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| {
+                        self.kept.release(&cid);
+                        e.to_string()
+                    })?;
                 if let Some(tar) = prepared.tar {
                     if let Err(e) = self.place_files(&cid, tar, &workdir).await {
                         self.kept.release(&cid);
@@ -390,7 +408,6 @@ impl Runner {
             tmpfs: prepared.tmpfs,
             binds: prepared.binds,
             network: spec.network,
-            init: self.cfg.init,
             hardening: Hardening {
                 // With a read-only root, what must stay writable (and take our uploads) are
                 // anonymous volumes, removed with the container.

@@ -68,7 +68,7 @@ pub struct Runner {
     /// This start's id, on every container it makes (label `ufaas.boot`).
     boot: String,
     /// Containers whose removal failed, retried by the reaper.
-    unremoved: Arc<Mutex<std::collections::HashSet<String>>>,
+    unremoved: Mutex<std::collections::HashSet<String>>,
     /// The connection to each live container's agent.
     agents: Mutex<HashMap<String, Arc<Agent>>>,
     /// How new containers get the agent.
@@ -113,7 +113,7 @@ impl Runner {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             boot: uuid::Uuid::new_v4().simple().to_string(),
-            unremoved: Arc::new(Mutex::new(Default::default())),
+            unremoved: Mutex::new(Default::default()),
             agents: Mutex::new(HashMap::new()),
             agent_mount: RwLock::new(agent_mount),
             next_job: AtomicU32::new(u32::from_le_bytes(
@@ -581,13 +581,9 @@ impl Runner {
 
     /// Removes a container and marks every task that used it.
     async fn drop_container(&self, id: &str) {
-        self.kept.remove(id);
-        self.agents().remove(id);
-        if let Err(e) = self.engine.remove(id).await {
-            // Docker is away, say: the reaper retries until it is gone.
-            tracing::warn!(container = %id, error = %e, "could not remove a container; will retry");
-            self.unremoved().insert(id.to_string());
-        }
+        self.forget_container(id);
+        // Docker may be away: the reaper then retries until it is gone.
+        self.remove_or_retry(id).await;
         if let Err(e) = self
             .store
             .set_container_state(id, ContainerState::Removed)
@@ -597,22 +593,18 @@ impl Runner {
         }
     }
 
-    /// Forgets a container no task will use again and has Docker remove it in the
-    /// background: the task's answer does not wait for the removal (tens of ms of the
-    /// engine's time). Its record says `removed` from now on; shutdown waits for these
-    /// removals and the reaper retries any that fail.
-    fn discard_container(&self, id: &str) {
+    /// Forgets a container no task will use again (it is no longer kept or talked to).
+    fn forget_container(&self, id: &str) {
         self.kept.remove(id);
         self.agents().remove(id);
-        let engine = self.engine.clone();
-        let unremoved = self.unremoved.clone();
-        let id = id.to_string();
-        self.tracker.spawn(async move {
-            if let Err(e) = engine.remove(&id).await {
-                tracing::warn!(container = %id, error = %e, "could not remove a container; will retry");
-                unremoved.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
-            }
-        });
+    }
+
+    /// Removes a container, leaving it to the reaper to retry when that fails.
+    async fn remove_or_retry(&self, id: &str) {
+        if let Err(e) = self.engine.remove(id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove a container; will retry");
+            self.unremoved().insert(id.to_string());
+        }
     }
 
     fn unremoved(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
