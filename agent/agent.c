@@ -28,6 +28,8 @@
  *   P  running  (query answer)
  *   Y  sync     payload: the query's nonce
  *   Z  end      the end of a query's answer
+ *   T  stopping payload: u32 signal: the container was told to stop (docker stop, the engine
+ *               shutting down); it was passed on to every job, and we leave once they end
  *
  * The agent is the container's PID 1: it reaps every orphan, and no other process holds its
  * stdio (a task writing to /proc/1/fd/1 would otherwise corrupt the frames).
@@ -76,6 +78,8 @@ struct job {
 
 static struct job jobs[MAX_JOBS];
 static unsigned long job_seq;
+/* The signal that asked us to stop: we leave once no job runs. */
+static int stopping;
 
 /* ---- output to the server ---------------------------------------------------------- */
 
@@ -523,9 +527,14 @@ int main(void) {
     /* Nothing we were handed beyond stdio reaches a command. */
     for (int fd = 3; fd < 1024; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
     signal(SIGPIPE, SIG_IGN);
+    /* SIGCHLD to reap; SIGTERM and SIGINT (`docker stop`, the engine shutting down) to pass
+     * on to every job, leaving once they have ended: as PID 1 we would otherwise ignore
+     * them, and the engine would wait its whole stop timeout before killing the container. */
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
+    sigaddset(&chld, SIGTERM);
+    sigaddset(&chld, SIGINT);
     sigprocmask(SIG_BLOCK, &chld, NULL);
     int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
 
@@ -537,6 +546,13 @@ int main(void) {
     static struct pollfd fds[2 + 3 * MAX_JOBS];
     static struct job *owner[2 + 3 * MAX_JOBS];
     for (;;) {
+        if (stopping) {
+            int running = 0;
+            for (int i = 0; i < MAX_JOBS; i++)
+                if (jobs[i].used && jobs[i].pid > 0 && !jobs[i].ended) running = 1;
+            /* Our exit ends the container; the kernel kills whatever is left. */
+            if (!running) _exit(128 + stopping);
+        }
         int n = 0;
         if (in_open) fds[n++] = (struct pollfd){.fd = 0, .events = POLLIN};
         if (sfd >= 0) fds[n++] = (struct pollfd){.fd = sfd, .events = POLLIN};
@@ -558,6 +574,12 @@ int main(void) {
             if (fds[k].fd == sfd && k < fixed) {
                 struct signalfd_siginfo si;
                 while (read(sfd, &si, sizeof si) > 0) {
+                    if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+                        send_code('T', 0, si.ssi_signo, NULL);
+                        for (int i = 0; i < MAX_JOBS; i++)
+                            if (jobs[i].used && jobs[i].pid > 0 && !jobs[i].ended) kill(-jobs[i].pid, (int)si.ssi_signo);
+                        stopping = (int)si.ssi_signo;
+                    }
                 }
                 reap();
             } else if (fds[k].fd == 0 && k < fixed) {

@@ -145,6 +145,8 @@ pub enum Frame {
     },
     Sync([u8; 16]),
     SyncEnd,
+    /// The container was told to stop with this signal, from outside.
+    Stopping(u32),
 }
 
 const HEADER: usize = 9;
@@ -204,7 +206,7 @@ impl Decoder {
         let len = u32::from_le_bytes([self.buf[5], self.buf[6], self.buf[7], self.buf[8]]) as usize;
         // Each kind of frame has its size; anything else is not the agent speaking.
         let fits = match kind {
-            b'S' | b'X' => len == 4,
+            b'S' | b'X' | b'T' => len == 4,
             b'F' => (4..=4096).contains(&len),
             b'P' | b'Z' => len == 0,
             b'Y' => len == 16,
@@ -260,6 +262,7 @@ impl Decoder {
                 n[..take].copy_from_slice(&payload[..take]);
                 Frame::Sync(n)
             }
+            b'T' => Frame::Stopping(u32_at(&payload)),
             _ => Frame::SyncEnd,
         }))
     }
@@ -294,6 +297,8 @@ struct Shared {
     query: Mutex<Option<Query>>,
     /// Why the stream ended, once it has.
     lost: Mutex<Option<String>>,
+    /// The signal the container was told to stop with, if it was.
+    stopping: Mutex<Option<u32>>,
 }
 
 impl Shared {
@@ -343,6 +348,16 @@ impl Agent {
             querying: tokio::sync::Mutex::new(()),
         };
         (agent, nonce)
+    }
+
+    /// The signal the container was told to stop with from outside (`docker stop`, the
+    /// engine shutting down), if it was: the agent passed it on to every job.
+    pub fn stopped_by(&self) -> Option<u32> {
+        *self
+            .shared
+            .stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the stream has ended (nothing more will come).
@@ -527,6 +542,10 @@ async fn dispatch(shared: &Shared, frame: Frame) {
                     let _ = q.done.send(q.known);
                 }
             }
+            return;
+        }
+        Frame::Stopping(signal) => {
+            *shared.stopping.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal);
             return;
         }
         Frame::Started { .. } | Frame::Hello(_) => return,
@@ -739,8 +758,8 @@ mod tests {
     /// attached stdio: the protocol and the agent's job handling, without Docker.
     struct Local {
         agent: Agent,
-        _child: tokio::process::Child,
-        _dir: tempfile::TempDir,
+        child: tokio::process::Child,
+        dir: tempfile::TempDir,
     }
 
     fn local(fresh: bool) -> (Local, Option<[u8; 16]>) {
@@ -767,14 +786,7 @@ mod tests {
             input: Box::pin(stdin),
         };
         let (agent, nonce) = Agent::new(attached, fresh);
-        (
-            Local {
-                agent,
-                _child: child,
-                _dir: dir,
-            },
-            nonce,
-        )
+        (Local { agent, child, dir }, nonce)
     }
 
     fn req(argv: &[&str]) -> JobRequest {
@@ -939,5 +951,49 @@ mod tests {
             .unwrap_or_else(|e| panic!("query: {e}"));
         assert_eq!(known.get(&11), None, "acknowledged: {known:?}");
         assert_eq!(known.get(&10), Some(&Some(143)), "{known:?}");
+    }
+
+    #[tokio::test]
+    async fn sigterm_passes_to_the_jobs_and_the_agent_leaves_once_they_end() {
+        let (mut l, _) = local(true);
+        let mark = l.dir.path().join("got-term");
+        let mut r = req(&[
+            "sh",
+            "-c",
+            "trap 'echo > \"$MARK\"; exit 7' TERM; echo up; while :; do sleep 0.05; done",
+        ]);
+        r.env = vec![format!("MARK={}", mark.display())];
+        let mut rx = l
+            .agent
+            .start(12, &r)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        // Once the job has printed, its trap is set.
+        match rx.recv().await {
+            Some(JobEvent::Output(_, data)) => assert_eq!(&data[..], b"up\n"),
+            other => panic!("expected output, got {other:?}"),
+        }
+        let pid = l.child.id().unwrap_or_else(|| panic!("no pid"));
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        assert!(killed.success());
+        // The job handles the signal and ends; its end still reaches us; then the agent goes.
+        let mut out = ExecResult::default();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            collect(&mut rx, 1024, &|_, _| {}, &mut out),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the job did not end on SIGTERM"));
+        assert_eq!(out.exit_code, Some(7), "{out:?}");
+        assert_eq!(l.agent.stopped_by(), Some(15));
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), l.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the agent did not leave on SIGTERM"))
+            .unwrap_or_else(|e| panic!("wait: {e}"));
+        assert_eq!(status.code(), Some(128 + 15));
+        assert!(mark.exists(), "the job never saw SIGTERM");
     }
 }

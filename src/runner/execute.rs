@@ -205,6 +205,12 @@ impl Runner {
             None => None,
         };
         let never_ran = result.error.clone();
+        // Told to stop from outside (`docker stop`, the engine shutting down): the agent
+        // passed the signal on, and the command's end is that signal's doing.
+        let stopped_outside = placement
+            .agent
+            .stopped_by()
+            .filter(|_| stop.is_none() && result.exit_code != Some(0));
         fill_output(&mut outcome, result);
         let gone = exec_failed.is_some() && !self.engine.is_running(&cid).await.unwrap_or(true);
         // A command SIGKILLed by nobody we know of, in a container at its memory limit: the
@@ -214,7 +220,10 @@ impl Runner {
             && self.engine.memory_limit_hit(&cid).await.unwrap_or(false);
         // A killed container cannot be reused; anything not kept goes now.
         // A container whose agent we lost touch with is not lent again.
-        let keep = placement.keep && stop.is_none() && exec_failed.is_none();
+        let keep = placement.keep
+            && stop.is_none()
+            && exec_failed.is_none()
+            && placement.agent.stopped_by().is_none();
         if keep {
             // The agent may forget the job now that its end is ours.
             let _ = placement.agent.ack(job).await;
@@ -272,6 +281,13 @@ impl Runner {
                     let mb = spec.limits.memory_mb.unwrap_or(self.cfg.default_memory_mb);
                     outcome.error = Some(format!(
                         "out of memory: the task passed its memory limit of {mb} MiB and was killed"
+                    ));
+                    TaskState::Failed
+                }
+                None if stopped_outside.is_some() => {
+                    outcome.error = Some(format!(
+                        "the container was told to stop from outside (signal {}: `docker stop`, or the engine shutting down) while the task ran",
+                        stopped_outside.unwrap_or_default()
                     ));
                     TaskState::Failed
                 }
