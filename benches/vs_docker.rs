@@ -8,12 +8,15 @@
 //!
 //! - cold task: `POST /fn?wait=` of busybox `echo hi` until its terminal record arrives, vs
 //!   `docker run --rm --network none ufaas/busybox:latest echo hi` (ufaas tasks have no
-//!   network by default; this machine's engine may have no bridge at all).
+//!   network by default; this machine's engine may have no bridge at all). The answer comes
+//!   before Docker has finished removing the task's container; the bench waits, untimed,
+//!   until it is gone before the baseline's next sample, so that the removal never slows it.
 //! - warm reuse: `POST /fn/{id}?wait=` of `echo hi` into the kept container of a daemon task,
 //!   vs `docker exec` of the same in a container started once with `docker run -d`.
 //! - warm reuse, python: the same with `python3 -c 'print(1)'` in `ufaas/python:3`.
 //! - throughput: N tasks (200) through `--max-concurrent 4`, all submitted at once with
-//!   `?wait=`, until the last one has ended, vs `seq N | xargs -P 4 docker run --rm ...`.
+//!   `?wait=`, until the last one has ended and every container they used is gone (as
+//!   `docker run --rm` waits for its removal), vs `seq N | xargs -P 4 docker run --rm ...`.
 //! - `GET /fn/{id}` requests/s with wrk (2 threads, 64 connections, 10 s) when it is
 //!   installed, else with an in-process client of the same shape.
 //! - `POST /fn` accept rate with the queue paused: a second server with `--max-concurrent 1`
@@ -328,6 +331,14 @@ impl Probe {
                 if *hit && body["locality"] != "hit" {
                     bail!("the task did not run in the kept container: {body}");
                 }
+                // The answer comes before Docker has finished removing the task's container;
+                // that removal must not overlap the baseline's next sample, so it is waited
+                // for here, untimed.
+                if !*hit {
+                    if let Some(cid) = body["container"]["id"].as_str() {
+                        wait_gone(&[cid.to_string()]).await?;
+                    }
+                }
                 Ok(took)
             }
             Probe::Cli { argv, stdout } => {
@@ -513,7 +524,27 @@ async fn daemon(http: &reqwest::Client, base: &str, image: &str) -> Result<Strin
         .context("no id in the reply")
 }
 
-/// `n` tasks submitted at once with `?wait=`; the time until the last reply.
+/// Waits until Docker knows none of `ids` any more (60 s at most).
+async fn wait_gone(ids: &[String]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--no-trunc"])
+            .output()
+            .await?;
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !ids.iter().any(|id| listed.contains(id.as_str())) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("containers still there 60 s after their tasks ended");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `n` tasks submitted at once with `?wait=`; the time until the last reply and the removal
+/// of every container they used (`docker run --rm` waits for its removal too).
 async fn ufaas_burst(http: &reqwest::Client, base: &str, n: usize) -> Result<Duration> {
     let url = format!("{base}/fn?wait=600");
     let spec = json!({"task_name": "tput", "image": BUSYBOX, "cmd_list": ["echo", "hi"]});
@@ -523,13 +554,21 @@ async fn ufaas_burst(http: &reqwest::Client, base: &str, n: usize) -> Result<Dur
             let (http, url, spec) = (http.clone(), url.clone(), spec.clone());
             tokio::spawn(async move {
                 let (status, body) = post_json(&http, &url, &spec).await?;
-                check_finished(status, &body, "hi\n")
+                check_finished(status, &body, "hi\n")?;
+                Ok::<String, anyhow::Error>(
+                    body["container"]["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
             })
         })
         .collect();
+    let mut ids = Vec::with_capacity(n);
     for one in all {
-        one.await??;
+        ids.push(one.await??);
     }
+    wait_gone(&ids).await?;
     Ok(t0.elapsed())
 }
 
