@@ -178,3 +178,53 @@ async fn a_task_cannot_reach_the_agents_stdio_and_the_container_stays_usable() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cancelling_a_task_in_a_lent_container_kills_its_process_not_the_container() {
+    let server = Server::start().await;
+    let d = server
+        .run(&json!({"task_name": "d", "image": BUSYBOX, "is_daemon": true, "cmd_list": ["true"]}))
+        .await;
+    let did = d["id"].as_str().unwrap_or_default().to_string();
+    let sleeper = server
+        .post(
+            &format!("/fn/{did}"),
+            &json!({"task_name": "s", "cmd_list": ["sleep", "300"]}),
+        )
+        .await;
+    assert_eq!(sleeper.status, 201, "{}", sleeper.body);
+    let neighbour = server
+        .post(&format!("/fn/{did}"), &json!({"task_name": "n", "cmd_list": ["sh", "-c",
+            "i=0; while [ ! -f /go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; [ -f /go ] || exit 9; echo survived"]}))
+        .await;
+    assert_eq!(neighbour.status, 201, "{}", neighbour.body);
+    server.wait_state(&sleeper.id(), "RUNNING").await;
+    server.wait_state(&neighbour.id(), "RUNNING").await;
+
+    let r = server.delete(&format!("/fn/{}", sleeper.id())).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["state"], "CANCELLED", "{}", r.body);
+    assert_eq!(r.body["exit_code"], 137, "{}", r.body);
+    assert_eq!(r.body["container"]["state"], "ready", "{}", r.body);
+
+    // The container lives on: the neighbour still runs, and a new task gets in.
+    let go = server
+        .post(
+            &format!("/fn/{did}?wait=60"),
+            &json!({"task_name": "go", "cmd_list": ["touch", "/go"]}),
+        )
+        .await;
+    assert_eq!(
+        (&go.body["state"], &go.body["locality"]),
+        (&json!("FINISHED"), &json!("hit")),
+        "{}",
+        go.body
+    );
+    let n = server.wait_ended(&neighbour.id()).await;
+    assert_eq!(
+        (&n["state"], &n["stdout"]),
+        (&json!("FINISHED"), &json!("survived\n")),
+        "{n}"
+    );
+    server.stop().await;
+}

@@ -42,6 +42,8 @@ struct Placement {
     keep: bool,
     /// Whether other tasks' records name it (it was kept, or lent to this one).
     shared: bool,
+    /// Lent to this task (a hit): others may be running in it too.
+    lent: bool,
     /// When the container's life (`ttl`) ends.
     expires_at: Instant,
     ttl: u64,
@@ -169,6 +171,7 @@ impl Runner {
         };
         let mut result = ExecResult::default();
         let mut stop = None;
+        let mut container_killed = false;
         {
             let exec = agent::collect(
                 &mut rx,
@@ -181,18 +184,32 @@ impl Runner {
                 () = &mut exec => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     stop = Some(if by_ttl { Stop::Ttl(placement.ttl) } else { Stop::Timeout(timeout) });
-                    self.kill_and_collect(&cid, exec).await;
+                    // A ttl is the container's own life: it goes whatever else runs in it.
+                    container_killed = if by_ttl {
+                        self.kill_and_collect(&cid, exec).await;
+                        true
+                    } else {
+                        self.stop_job(&placement, job, exec).await
+                    };
                 }
                 _ = cancel.cancelled() => {
                     stop = Some(if self.shutdown.is_cancelled() { Stop::Shutdown } else { Stop::Cancelled });
-                    self.kill_and_collect(&cid, exec).await;
+                    container_killed = self.stop_job(&placement, job, exec).await;
                 }
             }
         }
         if result.overflowed && stop.is_none() {
             stop = Some(Stop::Overflow);
-            if let Err(e) = self.engine.kill(&cid).await {
-                tracing::warn!(container = %cid, error = %e, "kill after an output flood failed");
+            if placement.lent {
+                // Its output is no longer read; the agent drops it until the job is gone.
+                if let Err(e) = placement.agent.kill(job, 9).await {
+                    tracing::warn!(container = %cid, error = %e, "kill after an output flood failed");
+                }
+            } else {
+                container_killed = true;
+                if let Err(e) = self.engine.kill(&cid).await {
+                    tracing::warn!(container = %cid, error = %e, "kill after an output flood failed");
+                }
             }
         }
 
@@ -221,7 +238,7 @@ impl Runner {
         // A killed container cannot be reused; anything not kept goes now.
         // A container whose agent we lost touch with is not lent again.
         let keep = placement.keep
-            && stop.is_none()
+            && !container_killed
             && exec_failed.is_none()
             && placement.agent.stopped_by().is_none();
         if keep {
@@ -314,6 +331,29 @@ impl Runner {
         }
     }
 
+    /// Ends a running job early. In a container lent to it (where other tasks may run) only
+    /// the job's process group is killed, if it then ends within 2 s; otherwise, and in a
+    /// container of its own, the container is killed: the one sure way to stop a process
+    /// tree that may have left its group. Returns whether the container was killed.
+    async fn stop_job(
+        &self,
+        placement: &Placement,
+        job: u32,
+        mut exec: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> bool {
+        if placement.lent
+            && !self.shutdown.is_cancelled()
+            && placement.agent.kill(job, 9).await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(2), exec.as_mut())
+                .await
+                .is_ok()
+        {
+            return false;
+        }
+        self.kill_and_collect(&placement.container, exec).await;
+        true
+    }
+
     async fn kill_and_collect(
         &self,
         cid: &str,
@@ -385,6 +425,7 @@ impl Runner {
                     workdir,
                     keep: keep_default(true),
                     shared: true,
+                    lent: true,
                     expires_at: kept.expires_at,
                     ttl: spec.ttl.unwrap_or(self.cfg.default_ttl),
                 });
@@ -505,6 +546,7 @@ impl Runner {
             workdir,
             keep,
             shared: keep,
+            lent: false,
             expires_at,
             ttl,
         })
