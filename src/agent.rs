@@ -21,7 +21,7 @@ use sha2::Digest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::docker::{Attached, ExecResult, OutputStream, Stream};
+use crate::docker::{Attached, OutputStream, Stream};
 
 /// The agent program, built by build.rs for the machine the server is built for.
 pub static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ufaas-agent"));
@@ -266,6 +266,22 @@ impl Decoder {
             _ => Frame::SyncEnd,
         }))
     }
+}
+
+/// What a job printed (each stream kept up to a cap) and how it ended.
+#[derive(Debug, Clone, Default)]
+pub struct ExecResult {
+    pub exit_code: Option<i64>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub truncated: bool,
+    /// Output passed eight times the cap plus 1 MiB and we stopped reading: the command may
+    /// still run, and the caller must kill it.
+    pub overflowed: bool,
+    /// Why the command never ran (not found, bad working directory), when it did not.
+    pub error: Option<String>,
+    /// The connection to the container broke before the command's end was known: why.
+    pub lost: Option<String>,
 }
 
 // ---- the connection -------------------------------------------------------------------------

@@ -196,22 +196,6 @@ pub enum Stream {
     Stderr,
 }
 
-/// What a command printed (each stream kept up to a cap) and how it ended.
-#[derive(Debug, Clone, Default)]
-pub struct ExecResult {
-    pub exit_code: Option<i64>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub truncated: bool,
-    /// Output passed eight times the cap plus 1 MiB and we stopped reading: the command may
-    /// still run, and the caller must kill it.
-    pub overflowed: bool,
-    /// Why the command never ran (not found, bad working directory), when it did not.
-    pub error: Option<String>,
-    /// The connection to the container broke before the command's end was known: why.
-    pub lost: Option<String>,
-}
-
 pub struct Engine {
     host: Option<String>,
     negotiated: RwLock<Option<Docker>>,

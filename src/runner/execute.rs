@@ -12,10 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::keep::Kept;
 use super::{terminal_for_exit, Runner};
-use crate::agent::{self, Agent, JobRequest};
-use crate::docker::{
-    AgentMount, ContainerSpec, ExecResult, Hardening, LABEL_BOOT, LABEL_INSTANCE, LABEL_TASK,
-};
+use crate::agent::{self, Agent, ExecResult, JobRequest};
+use crate::docker::{AgentMount, ContainerSpec, Hardening, LABEL_BOOT, LABEL_INSTANCE, LABEL_TASK};
 use crate::events::OutputEvent;
 use crate::model::{ContainerState, Locality, TaskId, TaskState};
 use crate::resources::{self, FetchLimits};
