@@ -327,6 +327,9 @@ impl Shared {
     fn lost(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         self.lost.lock().unwrap_or_else(|p| p.into_inner())
     }
+    fn stopping(&self) -> std::sync::MutexGuard<'_, Option<u32>> {
+        self.stopping.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 type Input = Arc<tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>>;
@@ -369,11 +372,7 @@ impl Agent {
     /// The signal the container was told to stop with from outside (`docker stop`, the
     /// engine shutting down), if it was: the agent passed it on to every job.
     pub fn stopped_by(&self) -> Option<u32> {
-        *self
-            .shared
-            .stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        *self.shared.stopping()
     }
 
     /// Whether the stream has ended (nothing more will come).
@@ -561,7 +560,7 @@ async fn dispatch(shared: &Shared, frame: Frame) {
             return;
         }
         Frame::Stopping(signal) => {
-            *shared.stopping.lock().unwrap_or_else(|p| p.into_inner()) = Some(signal);
+            *shared.stopping() = Some(signal);
             return;
         }
         Frame::Started { .. } | Frame::Hello(_) => return,

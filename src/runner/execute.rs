@@ -1,7 +1,8 @@
 //! Running one claimed task: find or make its container, place its files, run its command
-//! through the container's agent, and record how it ended. Timeout, ttl and cancel all end
-//! the run by killing the container, which is the one way to stop a process tree for sure
-//! (a command may leave its process group).
+//! through the container's agent, and record how it ended. Timeout, ttl and cancel end the
+//! run by killing the container, which is the one way to stop a process tree for sure (a
+//! command may leave its process group); in a container lent to the task, timeout and cancel
+//! first try killing just its process group, so the others in it live on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,9 +39,8 @@ struct Placement {
     workdir: String,
     /// Whether it outlives the task.
     keep: bool,
-    /// Whether other tasks' records name it (it was kept, or lent to this one).
-    shared: bool,
-    /// Lent to this task (a hit): others may be running in it too.
+    /// Lent to this task (a hit): others may be running in it too. A lent or kept container
+    /// is named by other tasks' records too.
     lent: bool,
     /// When the container's life (`ttl`) ends.
     expires_at: Instant,
@@ -249,7 +249,7 @@ impl Runner {
         let mut discard = None;
         let container_state = if keep {
             ContainerState::Ready
-        } else if placement.shared {
+        } else if placement.lent || placement.keep {
             // Every record naming it must say it is gone.
             self.drop_container(&cid).await;
             ContainerState::Removed
@@ -422,7 +422,6 @@ impl Runner {
                     agent,
                     workdir,
                     keep: keep_default(true),
-                    shared: true,
                     lent: true,
                     expires_at: kept.expires_at,
                     ttl: spec.ttl.unwrap_or(self.cfg.default_ttl),
@@ -543,7 +542,6 @@ impl Runner {
             agent,
             workdir,
             keep,
-            shared: keep,
             lent: false,
             expires_at,
             ttl,
@@ -603,12 +601,7 @@ impl Runner {
         let cid = record.container?.id;
         let kept = self.kept.acquire(&cid)?;
         // A live connection to its agent says it runs; without one, Docker is asked.
-        let held = self.agents().get(&cid).cloned();
-        let agent = match held {
-            Some(a) if !a.is_lost() => Ok(a),
-            _ => self.agent_for(&cid).await,
-        };
-        match agent {
+        match self.agent_for(&cid).await {
             Ok(agent) => Some((cid, kept, agent)),
             Err(_) => {
                 // Gone from under us (removed from outside, or died): forget it.
