@@ -50,6 +50,22 @@ pub enum AgentError {
     Timeout,
 }
 
+/// Held for writing while [`install`] has the program open for writing, and for reading by
+/// whoever in this process starts a program ([`spawn_guarded`]).
+///
+/// Why: a child forked by another thread inherits every open file of the process until it
+/// execs (close-on-exec takes effect only then). If that happens while the agent's file is
+/// open for writing, executing the agent fails with ETXTBSY ("Text file busy") for as long as
+/// the child has not exec'd. `Command::spawn` returns only once the child has exec'd, so no
+/// spawn made under the read lock can overlap a write made under the write lock.
+static FORKS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Starts `cmd` so that it cannot overlap an [`install`] (see [`FORKS`]).
+pub fn spawn_guarded(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    let _no_install = FORKS.read().unwrap_or_else(|p| p.into_inner());
+    cmd.spawn()
+}
+
 /// Writes the agent to `dir` (once per build: its name carries its digest) and returns its
 /// path, for bind-mounting into containers.
 pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
@@ -59,6 +75,7 @@ pub fn install(dir: &Path) -> std::io::Result<PathBuf> {
     if std::fs::read(&path).is_ok_and(|b| b == BINARY) {
         return Ok(path);
     }
+    let _no_spawn = FORKS.write().unwrap_or_else(|p| p.into_inner());
     std::fs::create_dir_all(dir)?;
     // Written aside and renamed, so a container never sees half a program.
     let tmp = dir.join(format!(
@@ -781,14 +798,15 @@ mod tests {
         use tokio::process::Command;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let path = install(dir.path()).unwrap_or_else(|e| panic!("install: {e}"));
-        let mut child = Command::new(path)
-            .env("FROM_AGENT", "inherited")
-            .env("REPLACED", "old")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn the agent: {e}"));
+        let mut child = spawn_guarded(
+            Command::new(path)
+                .env("FROM_AGENT", "inherited")
+                .env("REPLACED", "old")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true),
+        )
+        .unwrap_or_else(|e| panic!("spawn the agent: {e}"));
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             panic!("no stdio")
         };
@@ -989,10 +1007,12 @@ mod tests {
             other => panic!("expected output, got {other:?}"),
         }
         let pid = l.child.id().unwrap_or_else(|| panic!("no pid"));
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap_or_else(|e| panic!("kill: {e}"));
+        let killed =
+            spawn_guarded(tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]))
+                .unwrap_or_else(|e| panic!("kill: {e}"))
+                .wait()
+                .await
+                .unwrap_or_else(|e| panic!("kill: {e}"));
         assert!(killed.success());
         // The job handles the signal and ends; its end still reaches us; then the agent goes.
         let mut out = ExecResult::default();

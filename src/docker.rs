@@ -7,13 +7,15 @@
 
 use std::collections::HashMap;
 
-use bollard::container::{
-    AttachContainerOptions, Config, CreateContainerOptions, KillContainerOptions,
-    ListContainersOptions, LogOutput, RemoveContainerOptions, UploadToContainerOptions,
-};
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::image::CreateImageOptions;
-use bollard::models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, StatsOptions, UploadToContainerOptions,
+};
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -180,7 +182,7 @@ impl Hardening {
                     .iter()
                     .map(|target| Mount {
                         target: Some(target.clone()),
-                        typ: Some(MountTypeEnum::VOLUME),
+                        typ: Some(MountType::VOLUME),
                         ..Default::default()
                     })
                     .collect(),
@@ -290,14 +292,14 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
             let opts = CreateImageOptions {
-                from_image: image,
+                from_image: Some(image.to_string()),
                 ..Default::default()
             };
             let mut pull = d.create_image(Some(opts), None, None);
             while let Some(item) = pull.next().await {
                 match item {
                     Ok(info) => {
-                        if let Some(err) = info.error {
+                        if let Some(err) = info.error_detail.and_then(|d| d.message) {
                             return Err(DockerError::ImageUnavailable {
                                 image: image.to_string(),
                                 reason: err,
@@ -346,12 +348,12 @@ impl Engine {
                 host_config.mounts.get_or_insert_with(Vec::new).push(Mount {
                     target: Some(crate::agent::PATH.to_string()),
                     source: Some(host.to_string_lossy().into_owned()),
-                    typ: Some(MountTypeEnum::BIND),
+                    typ: Some(MountType::BIND),
                     read_only: Some(true),
                     ..Default::default()
                 });
             }
-            let config = Config {
+            let config = ContainerCreateBody {
                 image: Some(spec.image.clone()),
                 cmd: Some(vec![crate::agent::PATH.to_string()]),
                 entrypoint: Some(Vec::new()),
@@ -368,9 +370,7 @@ impl Engine {
                 host_config: Some(host_config),
                 ..Default::default()
             };
-            let created = d
-                .create_container(None::<CreateContainerOptions<String>>, config)
-                .await?;
+            let created = d.create_container(None, config).await?;
             Ok(created.id)
         })
         .await
@@ -388,7 +388,7 @@ impl Engine {
                 path: path.to_string(),
                 ..Default::default()
             };
-            d.upload_to_container(id, Some(opts), Bytes::from(tar))
+            d.upload_to_container(id, Some(opts), bollard::body_full(Bytes::from(tar)))
                 .await
                 .map_err(|e| map_container_err(id, e))
         })
@@ -397,7 +397,7 @@ impl Engine {
 
     pub async fn start(&self, id: &str) -> Result<(), DockerError> {
         self.call(|d| async move {
-            d.start_container::<String>(id, None)
+            d.start_container(id, None)
                 .await
                 .map_err(|e| map_container_err(id, e))
         })
@@ -420,12 +420,12 @@ impl Engine {
     /// detach keys are a control character the agent protocol never sends.
     pub async fn attach(&self, id: &str) -> Result<Attached, DockerError> {
         self.call(|d| async move {
-            let opts = AttachContainerOptions::<String> {
-                stdin: Some(true),
-                stdout: Some(true),
-                stderr: Some(true),
-                stream: Some(true),
-                logs: Some(false),
+            let opts = AttachContainerOptions {
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                stream: true,
+                logs: false,
                 detach_keys: Some("ctrl-_".into()),
             };
             let attached = d
@@ -470,14 +470,14 @@ impl Engine {
     /// peak at the limit): with a SIGKILLed command, that means the OOM killer.
     pub async fn memory_limit_hit(&self, id: &str) -> Result<bool, DockerError> {
         self.call(|d| async move {
-            let opts = bollard::container::StatsOptions {
+            let opts = StatsOptions {
                 stream: false,
                 one_shot: true,
             };
             let mut stats = d.stats(id, Some(opts));
             match stats.next().await {
                 Some(Ok(s)) => {
-                    let m = s.memory_stats;
+                    let m = s.memory_stats.unwrap_or_default();
                     let failed = m.failcnt.unwrap_or(0) > 0;
                     let peaked =
                         matches!((m.max_usage, m.limit), (Some(u), Some(l)) if l > 0 && u >= l);
@@ -493,7 +493,12 @@ impl Engine {
     pub async fn kill(&self, id: &str) -> Result<(), DockerError> {
         self.call(|d| async move {
             match d
-                .kill_container(id, Some(KillContainerOptions { signal: "SIGKILL" }))
+                .kill_container(
+                    id,
+                    Some(KillContainerOptions {
+                        signal: "SIGKILL".into(),
+                    }),
+                )
                 .await
             {
                 Ok(()) => Ok(()),
@@ -535,7 +540,7 @@ impl Engine {
             filters.insert("label".to_string(), vec![format!("{key}={value}")]);
             let opts = ListContainersOptions {
                 all: true,
-                filters,
+                filters: Some(filters),
                 ..Default::default()
             };
             let list = d.list_containers(Some(opts)).await?;

@@ -22,7 +22,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use config::ServeConfig;
 use docker::Engine;
@@ -67,7 +66,7 @@ pub async fn serve(
     } else {
         agent_mount(&engine, &cfg.db)
     };
-    let runner = Runner::new(store, engine, cfg, instance, hardening, agent_mount);
+    let runner = Runner::new(store, engine, cfg, instance, hardening, agent_mount)?;
     runner.start().await?;
     tracing::info!(addr = %listener.local_addr()?, "ufaas listening");
     // On the signal, the runner stops first so that requests held by `?wait=` are answered
@@ -77,8 +76,11 @@ pub async fn serve(
         shutdown.await;
         stopping.begin_shutdown();
     };
+    bound_send_buffer(&listener, send_buffer);
     let server = warp::serve(http::routes(runner.clone(), tokens))
-        .serve_incoming_with_graceful_shutdown(accepted(listener, send_buffer), signal);
+        .incoming(listener)
+        .graceful(signal)
+        .run();
     // Graceful shutdown waits for open connections; one that never sends a request would
     // hold it for ever, so after the signal they get a few seconds, then are dropped.
     tokio::pin!(server);
@@ -112,22 +114,15 @@ fn agent_mount(engine: &Engine, db: &std::path::Path) -> docker::AgentMount {
     }
 }
 
-/// Accepted connections, each with a bounded kernel send buffer: a client that stops reading
-/// (a stuck WebSocket subscriber) pins at most that much kernel memory before its session
-/// blocks and, past `--ws-queue` events, is told it lagged. Without it Linux lets each
-/// socket's buffer grow to megabytes.
-fn accepted(
-    listener: TcpListener,
-    send_buffer: usize,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures_util::StreamExt;
-    TcpListenerStream::new(listener).map(move |conn| {
-        conn.inspect(|stream| {
-            if send_buffer > 0 {
-                if let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(send_buffer) {
-                    tracing::debug!(error = %e, "could not set the send buffer");
-                }
-            }
-        })
-    })
+/// Every accepted connection gets a bounded kernel send buffer (Linux hands the listening
+/// socket's SO_SNDBUF on to the sockets it accepts): a client that stops reading (a stuck
+/// WebSocket subscriber) pins at most that much kernel memory before its session blocks and,
+/// past `--ws-queue` events, is told it lagged. Without it Linux lets each socket's buffer
+/// grow to megabytes.
+fn bound_send_buffer(listener: &TcpListener, send_buffer: usize) {
+    if send_buffer > 0 {
+        if let Err(e) = socket2::SockRef::from(listener).set_send_buffer_size(send_buffer) {
+            tracing::warn!(error = %e, "could not set the send buffer");
+        }
+    }
 }

@@ -240,11 +240,21 @@ pub async fn prepare(
 }
 
 /// A client for `uri` resources: a whole-request timeout, at most five redirects, and no
-/// address the guard refuses, whether named, resolved or redirected to.
+/// address the guard refuses, whether named, resolved or redirected to. It fails closed: if
+/// the guarded client cannot be built, there is no client (never one without the guard).
 pub fn http_client(
     timeout: Duration,
     guard: std::sync::Arc<crate::netguard::FetchGuard>,
-) -> reqwest::Client {
+) -> Result<reqwest::Client, String> {
+    guarded_client(reqwest::Client::builder(), timeout, guard)
+}
+
+/// [`http_client`] on top of `builder` (tests hand in one that cannot be built).
+fn guarded_client(
+    builder: reqwest::ClientBuilder,
+    timeout: Duration,
+    guard: std::sync::Arc<crate::netguard::FetchGuard>,
+) -> Result<reqwest::Client, String> {
     let redirect_guard = guard.clone();
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() >= 5 {
@@ -259,13 +269,13 @@ pub fn http_client(
             Err(why) => attempt.error(format!("redirect refused: {why}")),
         }
     });
-    reqwest::Client::builder()
+    builder
         .timeout(timeout)
         .redirect(redirects)
         .dns_resolver(std::sync::Arc::new(crate::netguard::GuardedResolver(guard)))
         .user_agent(concat!("ufaas/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_default()
+        .map_err(|e| format!("cannot build the guarded fetch client: {e}"))
 }
 
 async fn fetch(
@@ -482,7 +492,10 @@ pub fn unpack(
             let mut entry = zip
                 .by_index(i)
                 .map_err(|e| err(format!("zip entry {i}: {e}")))?;
-            let name = entry.name().to_string();
+            let name = entry
+                .name()
+                .map_err(|e| err(format!("zip entry {i}: {e}")))?
+                .to_string();
             let rel = entry_path(&name)
                 .ok_or_else(|| err(format!("entry `{name}` escapes the directory")))?;
             let mode = entry
@@ -578,6 +591,20 @@ pub fn unpack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A guarded client that cannot be built is an error, not a default client without the
+    /// address guard (which would reach loopback and the cloud metadata address).
+    #[test]
+    fn the_fetch_client_fails_closed() {
+        let guard = std::sync::Arc::new(crate::netguard::FetchGuard::default());
+        let unbuildable = reqwest::Client::builder()
+            .min_tls_version(reqwest::tls::Version::TLS_1_3)
+            .max_tls_version(reqwest::tls::Version::TLS_1_2);
+        let err = guarded_client(unbuildable, Duration::from_secs(1), guard.clone())
+            .expect_err("an unbuildable client must be an error");
+        assert!(err.contains("guarded fetch client"), "{err}");
+        assert!(http_client(Duration::from_secs(1), guard).is_ok());
+    }
 
     fn read_back(tar: Vec<u8>) -> Vec<(String, Vec<u8>)> {
         let mut a = tar::Archive::new(Cursor::new(tar));

@@ -136,8 +136,11 @@ async fn stdin_tmpfs_base64_and_archives_reach_the_command() {
 async fn uri_resources_are_fetched_and_checked() {
     use warp::Filter;
     let route = warp::path!("data.txt").map(|| "fetched bytes");
-    let (addr, serve) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
-    tokio::spawn(serve);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(warp::serve(route).incoming(listener).run());
     // Loopback is refused unless the operator allows it.
     let server = Server::start_with(|c| c.allow_fetch = vec!["127.0.0.1".into()]).await;
     let url = format!("http://{addr}/data.txt");

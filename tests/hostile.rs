@@ -242,8 +242,11 @@ async fn redirects_to_private_addresses_are_refused() {
             "http://169.254.169.254/latest/meta-data/",
         ))
     });
-    let (addr, serve) = warp::serve(to_metadata).bind_ephemeral(([127, 0, 0, 1], 0));
-    tokio::spawn(serve);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(warp::serve(to_metadata).incoming(listener).run());
     let server = Server::start_with(|c| c.allow_fetch = vec!["127.0.0.1".into()]).await;
     let t = server
         .run(

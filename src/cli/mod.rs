@@ -176,7 +176,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<i32> {
         let mut resume = false;
         while let Some(msg) = socket.next().await {
             let text = match msg.context("reading from the server")? {
-                Message::Text(t) => t,
+                Message::Text(t) => t.to_string(),
                 Message::Close(_) => break,
                 _ => continue,
             };

@@ -93,14 +93,16 @@ impl Runner {
         instance: String,
         hardening: Hardening,
         agent_mount: AgentMount,
-    ) -> Arc<Runner> {
+    ) -> anyhow::Result<Arc<Runner>> {
         let policy = cfg.policy();
-        Arc::new(Runner {
+        let http = crate::resources::http_client(
+            Duration::from_secs(cfg.fetch_timeout),
+            policy.fetch_guard.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Arc::new(Runner {
             hardening,
-            http: crate::resources::http_client(
-                Duration::from_secs(cfg.fetch_timeout),
-                policy.fetch_guard.clone(),
-            ),
+            http,
             policy,
             store,
             engine,
@@ -121,7 +123,7 @@ impl Runner {
                     .try_into()
                     .unwrap_or([1, 0, 0, 0]),
             )),
-        })
+        }))
     }
 
     fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Agent>>> {
