@@ -3,8 +3,8 @@
 //! is away and the API keeps answering.
 //!
 //! Other tests share the machine's engine, so this one starts a private `dockerd` of its own
-//! (own socket, data root, exec root, managed containerd, no bridge, no iptables) under a
-//! short temporary directory, and stops and restarts that one. A guard kills it and removes
+//! (own socket, data root, exec root, managed containerd, no bridge, no iptables, its own
+//! network namespace) under a short temporary directory, and stops and restarts that one. A guard kills it and removes
 //! its directory however the test ends.
 
 mod common;
@@ -60,7 +60,11 @@ impl PrivateEngine {
             .append(true)
             .open(d.join("dockerd.log"))
             .expect("dockerd log");
-        let child = tokio::process::Command::new("dockerd")
+        // In a network namespace of its own: a dockerd with `--bridge none` deletes the
+        // host's `docker0` at start, which would break every networked container of the
+        // shared engine. Its socket is a file, so it answers from there all the same.
+        let child = tokio::process::Command::new("unshare")
+            .args(["--net", "--", "dockerd"])
             .arg("--host")
             .arg(self.host())
             .arg("--data-root")
