@@ -9,13 +9,18 @@
  * Server -> agent, on stdin: text lines, so that nothing we send can ever contain the
  * attach stream's detach-key sequence (Docker cuts an attach on it):
  *     <type> <job> [<base64 payload>]\n
- *   R  run      payload: u32 argc, u32 envc, u8 flags (1: stdin follows), then cwd, argv[],
- *               env[] ("K=V", laid over the agent's own environment), each NUL-terminated
+ *   R  run      payload: u32 argc, u32 envc, u8 flags (1: stdin follows; 2: a u32 `keep`
+ *               follows), [u32 keep], then cwd, argv[], env[] ("K=V", laid over the agent's
+ *               own environment), each NUL-terminated. The first `keep` bytes of each of the
+ *               job's streams are kept until the job is acknowledged, for G.
  *   I  stdin    payload: bytes for the job's stdin
  *   C  close    the job's stdin ends
  *   K  kill     payload: u32 signal, sent to the job's process group
  *   A  ack      forget an ended job
  *   Q  query    payload: a nonce; answered by Y (the nonce), one P or X per known job, then Z
+ *   G  replay   payload: u32 stdout offset, u32 stderr offset: the kept output of the job
+ *               from those offsets on, as o and e frames, then W; then X if it has ended.
+ *               A restarted server asks for what it had not stored yet.
  *
  * Agent -> server, on stdout: binary frames  u8 type, u32 job, u32 length, payload
  * (integers little-endian):
@@ -30,6 +35,11 @@
  *   Z  end      the end of a query's answer
  *   T  stopping payload: u32 signal: the container was told to stop (docker stop, the engine
  *               shutting down); it was passed on to every job, and we leave once they end
+ *   o  stdout   payload: bytes, replayed (answer to G)
+ *   e  stderr   payload: bytes, replayed
+ *   W  replayed payload: u64 bytes the job has printed on stdout so far, u64 on stderr; empty
+ *               when the job is unknown. Every O or E sent before it is covered by the
+ *               replay; every one after it is new.
  *
  * The agent is the container's PID 1: it reaps every orphan, and no other process holds its
  * stdio (a task writing to /proc/1/fd/1 would otherwise corrupt the frames).
@@ -53,7 +63,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define VERSION "ufaas-agent/1"
+#define VERSION "ufaas-agent/2"
 #define MAX_LINE (96u << 20) /* the longest line we accept from the server */
 #define CHUNK 65536
 #define MAX_JOBS 4096
@@ -74,6 +84,10 @@ struct job {
     uint32_t code;
     int ended;      /* X or F sent */
     unsigned long seq; /* for evicting the oldest ended job when the table is full */
+    uint32_t keep;     /* bytes of each stream kept for a replay */
+    unsigned char *kept[2];
+    size_t kept_len[2];
+    uint64_t sent[2];  /* bytes sent of each stream */
 };
 
 static struct job jobs[MAX_JOBS];
@@ -157,6 +171,8 @@ static void forget(struct job *j) {
     close_fd(&j->out_fd);
     close_fd(&j->err_fd);
     drop_stdin(j);
+    free(j->kept[0]);
+    free(j->kept[1]);
     memset(j, 0, sizeof *j);
     j->out_fd = j->err_fd = j->in_fd = -1;
 }
@@ -234,6 +250,15 @@ static void start_job(uint32_t id, const unsigned char *p, size_t len) {
     }
     uint32_t argc = get_u32(p), envc = get_u32(p + 4);
     int want_stdin = p[8] & 1;
+    size_t off = 9, got = 0;
+    if (p[8] & 2) {
+        if (len < 13) {
+            fail_job(j, 126, "malformed run request");
+            return;
+        }
+        j->keep = get_u32(p + 9);
+        off = 13;
+    }
     /* Split the NUL-terminated strings: cwd, argv, env. */
     size_t want = 1 + (size_t)argc + envc;
     if (argc == 0 || argc > 1u << 20 || envc > 1u << 20) {
@@ -248,7 +273,6 @@ static void start_job(uint32_t id, const unsigned char *p, size_t len) {
         fail_job(j, 126, "the agent is out of memory");
         return;
     }
-    size_t off = 9, got = 0;
     while (got < want && off < len) {
         const unsigned char *nul = memchr(p + off, 0, len - off);
         if (!nul) break;
@@ -406,6 +430,42 @@ static void flush_stdin(struct job *j) {
     if (j->in_fd >= 0 && j->close_in && j->pending_len == 0) drop_stdin(j);
 }
 
+/* Keeps what fits of the first `keep` bytes of stream `s`; a failed allocation keeps less,
+ * and a replay then sends what there is. */
+static void retain(struct job *j, int s, const unsigned char *data, size_t n) {
+    j->sent[s] += n;
+    size_t room = j->keep > j->kept_len[s] ? j->keep - j->kept_len[s] : 0;
+    if (n > room) n = room;
+    if (n == 0) return;
+    unsigned char *grown = realloc(j->kept[s], j->kept_len[s] + n);
+    if (!grown) return;
+    memcpy(grown + j->kept_len[s], data, n);
+    j->kept[s] = grown;
+    j->kept_len[s] += n;
+}
+
+static void replay(uint32_t id, const unsigned char *p, size_t len) {
+    struct job *j = find_job(id);
+    if (!j || len < 8) {
+        send_frame('W', id, NULL, 0, NULL, 0);
+        return;
+    }
+    uint32_t from[2] = {get_u32(p), get_u32(p + 4)};
+    for (int s = 0; s < 2; s++) {
+        for (size_t at = from[s]; at < j->kept_len[s]; at += CHUNK) {
+            size_t n = j->kept_len[s] - at < CHUNK ? j->kept_len[s] - at : CHUNK;
+            send_frame(s == 0 ? 'o' : 'e', id, j->kept[s] + at, n, NULL, 0);
+        }
+    }
+    unsigned char totals[16];
+    for (int s = 0; s < 2; s++) {
+        put_u32(totals + 8 * s, (uint32_t)(j->sent[s] & 0xffffffffu));
+        put_u32(totals + 8 * s + 4, (uint32_t)(j->sent[s] >> 32));
+    }
+    send_frame('W', id, totals, sizeof totals, NULL, 0);
+    if (j->ended) send_code('X', j->id, j->code, NULL);
+}
+
 /* ---- input from the server --------------------------------------------------------- */
 
 static int b64val(unsigned char c) {
@@ -473,6 +533,9 @@ static void handle_line(unsigned char *line, size_t len) {
         if (j && j->ended) forget(j);
         break;
     }
+    case 'G':
+        replay(id, payload, plen);
+        break;
     case 'Q':
         send_frame('Y', 0, payload, plen, NULL, 0);
         for (int k = 0; k < MAX_JOBS; k++) {
@@ -512,6 +575,7 @@ static void pump(struct job *j, int *fd, char type) {
     ssize_t n = read(*fd, buf, sizeof buf);
     if (n > 0) {
         send_frame(type, j->id, buf, (size_t)n, NULL, 0);
+        retain(j, type == 'O' ? 0 : 1, buf, (size_t)n);
     } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
         close_fd(fd);
         maybe_end(j);

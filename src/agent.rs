@@ -113,13 +113,18 @@ pub struct JobRequest {
     pub env: Vec<String>,
     pub cwd: String,
     pub stdin: Option<Vec<u8>>,
+    /// The first this many bytes of each stream stay with the agent until the job is
+    /// acknowledged, so a restarted server can ask for what it had not stored
+    /// ([`Agent::replay`]).
+    pub keep: u32,
 }
 
 fn run_payload(req: &JobRequest) -> Vec<u8> {
     let mut p = Vec::new();
     p.extend_from_slice(&(req.argv.len() as u32).to_le_bytes());
     p.extend_from_slice(&(req.env.len() as u32).to_le_bytes());
-    p.push(u8::from(req.stdin.is_some()));
+    p.push(u8::from(req.stdin.is_some()) | 2);
+    p.extend_from_slice(&req.keep.to_le_bytes());
     for s in std::iter::once(&req.cwd)
         .chain(req.argv.iter())
         .chain(req.env.iter())
@@ -152,6 +157,18 @@ pub enum Frame {
         job: u32,
         stream: Stream,
         data: Bytes,
+    },
+    /// Output sent again, in answer to a replay.
+    Replayed {
+        job: u32,
+        stream: Stream,
+        data: Bytes,
+    },
+    /// The end of a replay: how many bytes the job has printed on each stream so far, or
+    /// `None` when the agent does not know the job.
+    ReplayEnd {
+        job: u32,
+        totals: Option<(u64, u64)>,
     },
     Exited {
         job: u32,
@@ -228,7 +245,8 @@ impl Decoder {
             b'P' | b'Z' => len == 0,
             b'Y' => len == 16,
             b'H' => len <= 256,
-            b'O' | b'E' => len <= MAX_FRAME,
+            b'O' | b'E' | b'o' | b'e' => len <= MAX_FRAME,
+            b'W' => len == 0 || len == 16,
             _ => false,
         };
         if !fits {
@@ -268,6 +286,26 @@ impl Decoder {
                 stream: Stream::Stderr,
                 data: payload,
             },
+            b'o' | b'e' => Frame::Replayed {
+                job,
+                stream: if kind == b'o' {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                },
+                data: payload,
+            },
+            b'W' => Frame::ReplayEnd {
+                job,
+                totals: (payload.len() == 16).then(|| {
+                    let u64_at = |at: usize| {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&payload[at..at + 8]);
+                        u64::from_le_bytes(b)
+                    };
+                    (u64_at(0), u64_at(8))
+                }),
+            },
             b'X' => Frame::Exited {
                 job,
                 code: u32_at(&payload),
@@ -299,6 +337,8 @@ pub struct ExecResult {
     pub error: Option<String>,
     /// The connection to the container broke before the command's end was known: why.
     pub lost: Option<String>,
+    /// After a replay: how many bytes the job had printed on each stream by then.
+    pub printed: Option<(u64, u64)>,
 }
 
 // ---- the connection -------------------------------------------------------------------------
@@ -307,6 +347,10 @@ pub struct ExecResult {
 #[derive(Debug)]
 pub enum JobEvent {
     Output(Stream, Bytes),
+    /// A replay has sent all it kept; the job printed this many bytes on each stream so far.
+    Replayed(u64, u64),
+    /// The agent does not know the job.
+    Unknown,
     /// The job ended: its exit code, and why when the command never ran.
     Ended {
         code: i64,
@@ -327,6 +371,8 @@ struct Query {
 #[derive(Default)]
 struct Shared {
     jobs: Mutex<HashMap<u32, mpsc::Sender<JobEvent>>>,
+    /// Jobs whose replay has not ended: their live output is covered by the replay.
+    replaying: Mutex<std::collections::HashSet<u32>>,
     query: Mutex<Option<Query>>,
     /// Why the stream ended, once it has.
     lost: Mutex<Option<String>>,
@@ -337,6 +383,9 @@ struct Shared {
 impl Shared {
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<u32, mpsc::Sender<JobEvent>>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn replaying(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u32>> {
+        self.replaying.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn query(&self) -> std::sync::MutexGuard<'_, Option<Query>> {
         self.query.lock().unwrap_or_else(|p| p.into_inner())
@@ -463,6 +512,29 @@ impl Agent {
         rx
     }
 
+    /// Follows a job started by an earlier connection from where the caller's copy of its
+    /// output ends (`from`: bytes of stdout and of stderr already had): the agent sends
+    /// what it kept past those offsets, then [`JobEvent::Replayed`], then what comes live
+    /// and the end. Live output that overtakes the replay is dropped: the replay covers it.
+    pub async fn replay(
+        &self,
+        job: u32,
+        from: (u64, u64),
+    ) -> Result<mpsc::Receiver<JobEvent>, AgentError> {
+        let (tx, rx) = mpsc::channel(JOB_QUEUE);
+        self.shared.replaying().insert(job);
+        self.shared.jobs().insert(job, tx);
+        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        let mut offsets = clamp(from.0).to_le_bytes().to_vec();
+        offsets.extend_from_slice(&clamp(from.1).to_le_bytes());
+        if let Err(e) = self.send(&line(b'G', job, Some(&offsets))).await {
+            self.shared.jobs().remove(&job);
+            self.shared.replaying().remove(&job);
+            return Err(e);
+        }
+        Ok(rx)
+    }
+
     /// Sends `signal` to the job's process group.
     pub async fn kill(&self, job: u32, signal: u32) -> Result<(), AgentError> {
         self.send(&line(b'K', job, Some(&signal.to_le_bytes())))
@@ -535,7 +607,17 @@ async fn read_frames(mut output: OutputStream, mut decoder: Decoder, shared: Arc
 
 async fn dispatch(shared: &Shared, frame: Frame) {
     let (job, event, ends) = match frame {
-        Frame::Output { job, stream, data } => (job, JobEvent::Output(stream, data), false),
+        Frame::Output { job, .. } if shared.replaying().contains(&job) => return,
+        Frame::Output { job, stream, data } | Frame::Replayed { job, stream, data } => {
+            (job, JobEvent::Output(stream, data), false)
+        }
+        Frame::ReplayEnd { job, totals } => {
+            shared.replaying().remove(&job);
+            match totals {
+                Some((out, err)) => (job, JobEvent::Replayed(out, err), false),
+                None => (job, JobEvent::Unknown, true),
+            }
+        }
         Frame::Exited { job, code } => {
             note_known(shared, job, Some(i64::from(code)));
             (
@@ -641,6 +723,11 @@ pub async fn collect(
             Some(JobEvent::Ended { code, error }) => {
                 result.exit_code = Some(code);
                 result.error = error;
+                break;
+            }
+            Some(JobEvent::Replayed(out, err)) => result.printed = Some((out, err)),
+            Some(JobEvent::Unknown) => {
+                result.lost = Some("the container's agent no longer knows the command".into());
                 break;
             }
             None => {
@@ -762,6 +849,7 @@ mod tests {
             env: vec!["A=\u{10}\u{11}".into()],
             cwd: "/".into(),
             stdin: Some(vec![0x10, 0x11, 0, 255]),
+            keep: 1 << 20,
         };
         let l = line(b'R', 42, Some(&run_payload(&req)));
         assert!(l.starts_with(b"R 42 "));
@@ -771,7 +859,8 @@ mod tests {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(body)
             .unwrap_or_default();
-        assert_eq!(&decoded[..9], &[3, 0, 0, 0, 1, 0, 0, 0, 1]);
+        // argc 3, envc 1, flags: stdin follows (1) and a keep (2), keep = 1 MiB.
+        assert_eq!(&decoded[..13], &[3, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 16, 0]);
         assert!(decoded.ends_with(b"A=\x10\x11\0"));
         assert_eq!(line(b'A', 5, None), b"A 5\n");
     }
@@ -943,6 +1032,80 @@ mod tests {
         .await;
         assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\n");
         assert_eq!(out.exit_code, Some(0));
+    }
+
+    /// What a restarted server does: ask for a job's output from where its copy ends. The
+    /// agent sends what it kept past that (up to `keep` bytes of each stream), the totals,
+    /// then the job's end; an unknown job says so.
+    #[tokio::test]
+    async fn a_replay_sends_the_kept_output_from_an_offset_then_the_end() {
+        let (l, _) = local(true);
+        let mut r = req(&["sh", "-c", "printf 0123456789; printf abc >&2"]);
+        r.keep = 8;
+        let first = run(&l.agent, 20, &r).await;
+        assert_eq!(first.stdout, b"0123456789");
+        let mut rx = l
+            .agent
+            .replay(20, (3, 1))
+            .await
+            .unwrap_or_else(|e| panic!("replay: {e}"));
+        let mut again = ExecResult::default();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            collect(&mut rx, 1 << 20, &|_, _| {}, &mut again),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the replay did not end"));
+        assert_eq!(again.stdout, b"34567", "kept: the first 8 bytes");
+        assert_eq!(again.stderr, b"bc");
+        assert_eq!(again.printed, Some((10, 3)));
+        assert_eq!(again.exit_code, Some(0));
+        let mut rx = l
+            .agent
+            .replay(99, (0, 0))
+            .await
+            .unwrap_or_else(|e| panic!("replay: {e}"));
+        let mut unknown = ExecResult::default();
+        collect(&mut rx, 1024, &|_, _| {}, &mut unknown).await;
+        assert!(unknown.lost.is_some_and(|w| w.contains("no longer knows")));
+    }
+
+    /// A replay asked while the job still runs: live output that overtakes the replay is
+    /// not counted twice, and what comes after it arrives once.
+    #[tokio::test]
+    async fn a_replay_of_a_running_job_goes_on_live_without_duplicates() {
+        let (l, _) = local(true);
+        let mut r = req(&["sh", "-c", "echo a; sleep 100; echo b"]);
+        r.keep = 1 << 20;
+        let mut first = l
+            .agent
+            .start(21, &r)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        match first.recv().await {
+            Some(JobEvent::Output(Stream::Stdout, d)) => assert_eq!(&d[..], b"a\n"),
+            other => panic!("expected output, got {other:?}"),
+        }
+        drop(first);
+        let mut rx = l
+            .agent
+            .replay(21, (0, 0))
+            .await
+            .unwrap_or_else(|e| panic!("replay: {e}"));
+        l.agent
+            .kill(21, 15)
+            .await
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        let mut out = ExecResult::default();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            collect(&mut rx, 1 << 20, &|_, _| {}, &mut out),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the job did not end"));
+        assert_eq!(out.stdout, b"a\n");
+        assert_eq!(out.printed, Some((2, 0)));
+        assert_eq!(out.exit_code, Some(128 + 15));
     }
 
     #[tokio::test]

@@ -39,41 +39,61 @@ async fn spawn_server(db: &std::path::Path) -> (tokio::process::Child, String) {
     (child, base)
 }
 
+/// Polls `GET {base}/fn/{id}` of a server run as a child until `pred` holds (30 s at most).
+async fn poll_child(
+    base: &str,
+    id: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/fn/{id}")).send().await {
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                if pred(&v) {
+                    return v;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task {id} never got there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn post_child(base: &str, spec: serde_json::Value) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/fn"))
+        .json(&spec)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.expect("json");
+    v["id"].as_str().unwrap_or_default().to_string()
+}
+
+/// The record of a running task holds its output as it comes; SIGKILL and a restart lose
+/// none of it: what came before the kill, while the server was down, and after.
 #[tokio::test]
-async fn sigkill_mid_task_then_restart_loses_nothing() {
+async fn sigkill_mid_task_then_restart_loses_no_output() {
     let dir = tempfile::tempdir().expect("dir");
     let db = dir.path().join("ufaas.db");
     let (mut child, base) = spawn_server(&db).await;
-    let http = reqwest::Client::new();
-    let post = |spec: serde_json::Value| {
-        let http = http.clone();
-        let base = base.clone();
-        async move {
-            let r = http
-                .post(format!("{base}/fn"))
-                .json(&spec)
-                .send()
-                .await
-                .expect("post");
-            assert_eq!(r.status(), 201);
-            let v: serde_json::Value = r.json().await.expect("json");
-            v["id"].as_str().unwrap_or_default().to_string()
-        }
-    };
-    // Running when the server dies (its first output has come back, so the command really
-    // runs); it ends on its own a little later.
-    let url = format!("{}/fn/ws?output=true", base.replace("http://", "ws://"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("ws");
-    let running = post(sh("echo begun; sleep 2; exit 5")).await;
-    let queued = post(sh("echo later")).await;
-    loop {
-        let ev = common::next_json(&mut ws, 60)
-            .await
-            .expect("events until the output");
-        if ev["event"] == "output" && ev["task_id"] == running.as_str() {
-            break;
-        }
-    }
+    let running = post_child(
+        &base,
+        sh("echo before; sleep 3; echo after; echo err >&2; exit 5"),
+    )
+    .await;
+    let queued = post_child(&base, sh("echo later")).await;
+    // Stored while it runs: a RUNNING record shows the output so far.
+    let t = poll_child(&base, &running, |t| {
+        t["stdout"].as_str().is_some_and(|s| s.contains("before"))
+    })
+    .await;
+    assert_eq!(t["state"], "RUNNING", "{t}");
     child.kill().await.expect("SIGKILL");
 
     let mut cfg = ufaas::config::ServeConfig::defaults();
@@ -82,14 +102,22 @@ async fn sigkill_mid_task_then_restart_loses_nothing() {
     let server = Server::start_on(cfg, dir).await;
     let t = server.wait_ended(&running).await;
     assert_eq!(
-        (t["state"].as_str(), t["exit_code"].as_i64()),
-        (Some("FAILED"), Some(5)),
+        (
+            t["state"].as_str(),
+            t["exit_code"].as_i64(),
+            t["stdout"].as_str(),
+            t["stderr"].as_str()
+        ),
+        (
+            Some("FAILED"),
+            Some(5),
+            Some("before\nafter\n"),
+            Some("err\n")
+        ),
         "{t}"
     );
-    assert!(
-        t["error"].as_str().is_some_and(|e| e.contains("restarted")),
-        "{t}"
-    );
+    assert_eq!(t["error"], serde_json::Value::Null, "{t}");
+    assert_eq!(t["output_truncated"], false, "{t}");
     assert_eq!(t["container"]["state"], "removed");
     let q = server.wait_ended(&queued).await;
     assert_eq!(
@@ -107,6 +135,55 @@ async fn sigkill_mid_task_then_restart_loses_nothing() {
         (1..=seqs.len() as i64).collect::<Vec<_>>(),
         "no gap in the event log"
     );
+    server.stop().await;
+}
+
+/// A task that ends while the server is down: its exit code and all its output (most of it
+/// printed while nobody listened) are in the record after the restart.
+#[tokio::test]
+async fn a_task_that_ends_while_the_server_is_down_keeps_its_output() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("ufaas.db");
+    let (mut child, base) = spawn_server(&db).await;
+    let script = "echo one; while [ ! -e /tmp/go ]; do sleep 0.05; done; \
+                  i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done; \
+                  echo bye >&2; touch /tmp/done";
+    let id = post_child(&base, sh(script)).await;
+    let t = poll_child(&base, &id, |t| {
+        t["stdout"].as_str().is_some_and(|s| s.contains("one"))
+    })
+    .await;
+    let cid = t["container"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    child.kill().await.expect("SIGKILL");
+    // Let it go on and end while no server listens.
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(docker(&["exec", &cid, "touch", "/tmp/go"]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !docker(&["exec", &cid, "test", "-e", "/tmp/done"]) {
+        assert!(std::time::Instant::now() < deadline, "the task never ended");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let mut cfg = ufaas::config::ServeConfig::defaults();
+    cfg.db = db.clone();
+    let server = Server::start_on(cfg, dir).await;
+    let t = server.wait_ended(&id).await;
+    let mut want = String::from("one\n");
+    for i in 0..2000 {
+        want.push_str(&format!("line {i}\n"));
+    }
+    assert_eq!(t["state"], "FINISHED", "{t}");
+    assert_eq!(t["exit_code"], 0, "{t}");
+    assert_eq!(t["stdout"].as_str(), Some(want.as_str()));
+    assert_eq!(t["stderr"], "bye\n");
     server.stop().await;
 }
 

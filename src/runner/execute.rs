@@ -12,10 +12,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::keep::Kept;
+use super::spool::{self, Spool};
 use super::{terminal_for_exit, Runner};
 use crate::agent::{self, Agent, ExecResult, JobRequest};
 use crate::docker::{AgentMount, ContainerSpec, Hardening, LABEL_BOOT, LABEL_INSTANCE, LABEL_TASK};
-use crate::events::OutputEvent;
 use crate::model::{ContainerState, Locality, TaskId, TaskState};
 use crate::resources::{self, FetchLimits};
 use crate::spec::{self, ParseContext, TaskSpec};
@@ -142,18 +142,11 @@ impl Runner {
             env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             cwd: placement.workdir.clone(),
             stdin: spec.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
+            keep: u32::try_from(self.cfg.max_output_bytes).unwrap_or(u32::MAX),
         };
-        let events = self.store.events().clone();
         let task_id = task.id;
-        let live_output = move |stream: crate::docker::Stream, data: &[u8]| {
-            if events.has_output_listeners() {
-                let name = match stream {
-                    crate::docker::Stream::Stdout => "stdout",
-                    crate::docker::Stream::Stderr => "stderr",
-                };
-                events.publish_output(OutputEvent::new(task_id, name, data));
-            }
-        };
+        let spool = Arc::new(Spool::new(self.cfg.max_output_bytes, (0, 0)));
+        let live_output = self.output_sink(task_id, spool.clone());
         // The job is recorded before it starts, so a restarted server can always ask the
         // agent how it ended.
         let job = self.next_job();
@@ -167,6 +160,13 @@ impl Runner {
                 return Err(format!("starting the command failed: {e}"));
             }
         };
+        let stop_spool = CancellationToken::new();
+        let spooling = tokio::spawn(spool::run(
+            self.store.clone(),
+            task_id,
+            spool,
+            stop_spool.clone(),
+        ));
         let mut result = ExecResult::default();
         let mut stop = None;
         let mut container_killed = false;
@@ -196,6 +196,9 @@ impl Runner {
                 }
             }
         }
+        // The end writes the whole output; no batch may land after it.
+        stop_spool.cancel();
+        let _ = spooling.await;
         if result.overflowed && stop.is_none() {
             stop = Some(Stop::Overflow);
             if placement.lent {

@@ -5,6 +5,7 @@
 mod execute;
 pub mod keep;
 mod reconcile;
+mod spool;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -152,6 +153,26 @@ impl Runner {
 
     /// The connection to a running container's agent: the one we hold, else a new one to an
     /// agent that outlived its connection (a previous run of the server).
+    /// What a running job's output goes to as it comes: the spool that stores it, and
+    /// WebSocket subscribers asking for output.
+    fn output_sink(
+        &self,
+        task_id: TaskId,
+        spool: Arc<spool::Spool>,
+    ) -> impl Fn(crate::docker::Stream, &[u8]) + Send + Sync + use<> {
+        let events = self.store.events().clone();
+        move |stream: crate::docker::Stream, data: &[u8]| {
+            spool.push(stream, data);
+            if events.has_output_listeners() {
+                let name = match stream {
+                    crate::docker::Stream::Stdout => "stdout",
+                    crate::docker::Stream::Stderr => "stderr",
+                };
+                events.publish_output(crate::events::OutputEvent::new(task_id, name, data));
+            }
+        }
+    }
+
     async fn agent_for(&self, cid: &str) -> Result<Arc<Agent>, DockerError> {
         if let Some(a) = self.agents().get(cid).cloned() {
             if !a.is_lost() {

@@ -50,6 +50,10 @@ pub struct TaskRecord {
     /// The Docker exec the task ran as (not shown in the API).
     #[serde(skip)]
     pub exec_id: Option<String>,
+    /// Raw bytes of stdout and of stderr stored so far (a running task's output is stored as
+    /// it comes; `stdout`/`stderr` are their text).
+    #[serde(skip)]
+    pub output_stored: (u64, u64),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +83,8 @@ struct TaskRow {
     reuse_of: Option<String>,
     locality: Option<String>,
     exec_id: Option<String>,
+    stdout_bytes: i64,
+    stderr_bytes: i64,
 }
 
 /// The columns of a [`TaskRow`], as a macro so that queries stay `&'static str` (sqlx 0.9
@@ -87,7 +93,7 @@ macro_rules! columns {
     () => {
         "id, task_name, state, image, priority, spec, created_at, started_at, finished_at, \
              exit_code, stdout, stderr, output_truncated, error, container_id, container_state, reuse_of, \
-         locality, exec_id"
+         locality, exec_id, stdout_bytes, stderr_bytes"
     };
 }
 
@@ -131,6 +137,10 @@ impl TryFrom<TaskRow> for TaskRecord {
             output_truncated: r.output_truncated,
             error: r.error,
             exec_id: r.exec_id,
+            output_stored: (
+                u64::try_from(r.stdout_bytes).unwrap_or(0),
+                u64::try_from(r.stderr_bytes).unwrap_or(0),
+            ),
         })
     }
 }
@@ -448,6 +458,34 @@ impl Store {
         let record = ev.task.clone();
         self.commit_and_publish(tx, vec![ev]).await?;
         Ok(Some(record))
+    }
+
+    /// Appends output of a RUNNING task as it comes (no state change, so no event): `stdout`
+    /// and `stderr` are the text of the raw bytes that bring the stored counts to
+    /// `stored`. A task that has ended meanwhile is left as its end wrote it.
+    pub async fn append_output(
+        &self,
+        id: TaskId,
+        stdout: &str,
+        stderr: &str,
+        stored: (u64, u64),
+        truncated: bool,
+    ) -> Result<(), StoreError> {
+        let _w = self.write.lock().await;
+        sqlx::query(
+            "UPDATE tasks SET stdout = stdout || ?, stderr = stderr || ?, stdout_bytes = ?, \
+             stderr_bytes = ?, output_truncated = (output_truncated OR ?) \
+             WHERE id = ? AND state = 'RUNNING'",
+        )
+        .bind(stdout)
+        .bind(stderr)
+        .bind(i64::try_from(stored.0).unwrap_or(i64::MAX))
+        .bind(i64::try_from(stored.1).unwrap_or(i64::MAX))
+        .bind(truncated)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Ends a task that is STARTING or RUNNING. Returns `None` if it had already ended.
