@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 
 /// What the server allows; the spec is checked against it before anything runs.
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ const TOP_FIELDS: &[&str] = &[
     "network",
 ];
 
-fn bad(code: &str, field: &str, message: impl Into<String>) -> ApiError {
+fn bad(code: Code, field: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, field, message)
 }
 
@@ -141,7 +141,7 @@ fn type_name(v: &Value) -> &'static str {
 
 fn wrong_type(field: &str, want: &str, got: &Value) -> ApiError {
     bad(
-        "invalid_type",
+        Code::InvalidType,
         field,
         format!("`{field}` must be {want}, not {}", type_name(got)),
     )
@@ -178,13 +178,13 @@ fn get_positive_int(
         Some(v @ Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
             (Some(x), _) if x > 0 && x <= max => Ok(Some(x)),
             (Some(x), _) if x > max => Err(bad(
-                "invalid_value",
+                Code::InvalidValue,
                 field,
                 format!("`{field}` must be at most {max}"),
             )),
             // Whole, but zero or negative: the right type with a wrong value.
             (Some(_), _) | (None, Some(_)) => Err(bad(
-                "invalid_value",
+                Code::InvalidValue,
                 field,
                 format!("`{field}` must be greater than 0, not {n}"),
             )),
@@ -197,7 +197,7 @@ fn get_positive_int(
 fn no_nul(s: &str, field: &str) -> Result<(), ApiError> {
     if s.contains('\0') {
         return Err(bad(
-            "invalid_value",
+            Code::InvalidValue,
             field,
             format!("`{field}` must not contain NUL"),
         ));
@@ -214,7 +214,7 @@ fn check_unknown(obj: &Map<String, Value>, allowed: &[&str], prefix: &str) -> Re
                 format!("{prefix}.{key}")
             };
             return Err(bad(
-                "unknown_field",
+                Code::UnknownField,
                 &field,
                 format!("unknown field `{field}`"),
             ));
@@ -383,26 +383,30 @@ fn forbidden_root(path: &str) -> bool {
 
 fn check_dest(dest: &str, pwd: Option<&str>, field: &str) -> Result<(), ApiError> {
     if dest.is_empty() {
-        return Err(bad("invalid_dest", field, "`dest` must not be empty"));
+        return Err(bad(Code::InvalidDest, field, "`dest` must not be empty"));
     }
     if dest.contains('\0') {
-        return Err(bad("invalid_dest", field, "`dest` must not contain NUL"));
+        return Err(bad(Code::InvalidDest, field, "`dest` must not contain NUL"));
     }
     if dest.len() > 4096 || dest.split('/').any(|c| c.len() > 255) {
         return Err(bad(
-            "invalid_dest",
+            Code::InvalidDest,
             field,
             "`dest` is too long (4096 bytes, 255 a component)",
         ));
     }
     if dest.split('/').any(|c| c == "..") {
-        return Err(bad("invalid_dest", field, "`dest` must not contain `..`"));
+        return Err(bad(
+            Code::InvalidDest,
+            field,
+            "`dest` must not contain `..`",
+        ));
     }
     let resolved = resolve_dest(pwd.unwrap_or("/"), dest)
-        .ok_or_else(|| bad("invalid_dest", field, "`dest` must not contain `..`"))?;
+        .ok_or_else(|| bad(Code::InvalidDest, field, "`dest` must not contain `..`"))?;
     if forbidden_root(&resolved) || (dest.starts_with('/') && forbidden_root(dest)) {
         return Err(bad(
-            "invalid_dest",
+            Code::InvalidDest,
             field,
             "`dest` must not point into /proc, /sys or /dev",
         ));
@@ -417,14 +421,14 @@ fn parse_mode(obj: &Map<String, Value>, field: &str) -> Result<Option<u32>, ApiE
             let ok = (1..=4).contains(&s.len()) && s.chars().all(|c| ('0'..='7').contains(&c));
             if !ok {
                 return Err(bad(
-                    "invalid_value",
+                    Code::InvalidValue,
                     field,
                     format!("`{field}` must be an octal string such as \"0644\""),
                 ));
             }
             u32::from_str_radix(s, 8)
                 .map(Some)
-                .map_err(|_| bad("invalid_value", field, "bad octal mode"))
+                .map_err(|_| bad(Code::InvalidValue, field, "bad octal mode"))
         }
     }
 }
@@ -444,8 +448,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
         Value::Object(o) => o,
         other => {
             return Err(ApiError::new(
-                400,
-                "invalid_type",
+                Code::InvalidType,
                 format!(
                     "the task spec must be a JSON object, not {}",
                     type_name(other)
@@ -456,19 +459,19 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
     check_unknown(obj, TOP_FIELDS, "")?;
 
     let name = get_str(obj, "task_name", "task_name")?
-        .ok_or_else(|| bad("missing_field", "task_name", "`task_name` is required"))?;
+        .ok_or_else(|| bad(Code::MissingField, "task_name", "`task_name` is required"))?;
     let task_name = name.replace(' ', "_");
     let name_len = task_name.chars().count();
     if name_len == 0 || name_len > 127 {
         return Err(bad(
-            "invalid_value",
+            Code::InvalidValue,
             "task_name",
             "`task_name` must be 1 to 127 characters",
         ));
     }
     if task_name.chars().any(char::is_control) {
         return Err(bad(
-            "invalid_value",
+            Code::InvalidValue,
             "task_name",
             "`task_name` must not contain control characters",
         ));
@@ -477,29 +480,35 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
     let image = match (get_str(obj, "image", "image")?, ctx.reuse_image) {
         (Some(img), Some(reuse)) if img != reuse => {
             return Err(bad(
-                "image_mismatch",
+                Code::ImageMismatch,
                 "image",
                 format!("`image` must be `{reuse}`, the image of the container asked for"),
             ))
         }
         (Some(img), _) => img.to_string(),
         (None, Some(reuse)) => reuse.to_string(),
-        (None, None) => return Err(bad("missing_field", "image", "`image` is required")),
+        (None, None) => return Err(bad(Code::MissingField, "image", "`image` is required")),
     };
     if !valid_image_ref(&image) {
         return Err(bad(
-            "invalid_image",
+            Code::InvalidImage,
             "image",
             "`image` must be a valid Docker reference of 1 to 255 characters, without `!`",
         ));
     }
 
     let cmd_list = match obj.get("cmd_list") {
-        None => return Err(bad("missing_field", "cmd_list", "`cmd_list` is required")),
+        None => {
+            return Err(bad(
+                Code::MissingField,
+                "cmd_list",
+                "`cmd_list` is required",
+            ))
+        }
         Some(Value::Array(items)) => {
             if items.is_empty() {
                 return Err(bad(
-                    "invalid_value",
+                    Code::InvalidValue,
                     "cmd_list",
                     "`cmd_list` must hold at least the program to run",
                 ));
@@ -517,7 +526,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
             }
             if out[0].is_empty() {
                 return Err(bad(
-                    "invalid_value",
+                    Code::InvalidValue,
                     "cmd_list[0]",
                     "the program to run must not be empty",
                 ));
@@ -533,15 +542,15 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
             no_nul(p, "pwd")?;
             if !p.starts_with('/') {
                 return Err(bad(
-                    "invalid_value",
+                    Code::InvalidValue,
                     "pwd",
                     "`pwd` must be an absolute path",
                 ));
             }
             let resolved = resolve_dest("/", p)
-                .ok_or_else(|| bad("invalid_value", "pwd", "`pwd` must not contain `..`"))?;
+                .ok_or_else(|| bad(Code::InvalidValue, "pwd", "`pwd` must not contain `..`"))?;
             if p.len() > 4096 {
-                return Err(bad("invalid_value", "pwd", "`pwd` is too long"));
+                return Err(bad(Code::InvalidValue, "pwd", "`pwd` is too long"));
             }
             Some(resolved)
         }
@@ -558,7 +567,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
                     && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !key_ok {
                     return Err(bad(
-                        "invalid_env_name",
+                        Code::InvalidEnvName,
                         &field,
                         format!("environment name `{key}` must match [A-Za-z_][A-Za-z0-9_]*"),
                     ));
@@ -581,7 +590,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
         Some(Value::Array(items)) => {
             if items.len() > MAX_RESOURCES {
                 return Err(bad(
-                    "too_many_resources",
+                    Code::TooManyResources,
                     "resource_list",
                     format!(
                         "`resource_list` may hold at most {MAX_RESOURCES} entries, not {}",
@@ -600,9 +609,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
                 {
                     inline_total += bytes.len() as u64;
                     if inline_total > policy.max_inline_bytes {
-                        return Err(ApiError::new(
-                            413,
-                            "payload_too_large",
+                        return Err(ApiError::new(Code::PayloadTooLarge,
                             format!(
                                 "inline resources add up to more than the server's limit of {} bytes",
                                 policy.max_inline_bytes
@@ -612,8 +619,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
                     }
                 }
                 if ctx.reuse_image.is_some() && res.is_mount() {
-                    return Err(bad(
-                        "mount_on_reuse",
+                    return Err(bad(Code::MountOnReuse,
                         &format!("resource_list[{i}]"),
                         "tmpfs and bind resources cannot be added to a running container: give them to the task that creates it",
                     ));
@@ -636,7 +642,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
             (Some(p), _) if (-1_000_000..=1_000_000).contains(&p) => p,
             (Some(_), _) | (None, Some(_)) => {
                 return Err(bad(
-                    "invalid_value",
+                    Code::InvalidValue,
                     "priority",
                     format!("`priority` must be from -1000000 to 1000000, not {n}"),
                 ))
@@ -654,7 +660,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
             if let Some(m) = memory_mb {
                 if m > policy.max_memory_mb {
                     return Err(bad(
-                        "limit_exceeded",
+                        Code::LimitExceeded,
                         "limits.memory_mb",
                         format!(
                             "`limits.memory_mb` may be at most {} on this server",
@@ -664,7 +670,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
                 }
                 if m < 6 {
                     return Err(bad(
-                        "invalid_value",
+                        Code::InvalidValue,
                         "limits.memory_mb",
                         "`limits.memory_mb` must be at least 6 (Docker's minimum)",
                     ));
@@ -676,7 +682,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
                     Some(c) if c > 0.0 && c.is_finite() => {
                         if c > policy.max_cpus {
                             return Err(bad(
-                                "limit_exceeded",
+                                Code::LimitExceeded,
                                 "limits.cpus",
                                 format!(
                                     "`limits.cpus` may be at most {} on this server",
@@ -686,7 +692,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
                         }
                         if c < 0.01 {
                             return Err(bad(
-                                "invalid_value",
+                                Code::InvalidValue,
                                 "limits.cpus",
                                 "`limits.cpus` must be at least 0.01",
                             ));
@@ -703,7 +709,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
             if let Some(p) = pids {
                 if p > policy.max_pids {
                     return Err(bad(
-                        "limit_exceeded",
+                        Code::LimitExceeded,
                         "limits.pids",
                         format!(
                             "`limits.pids` may be at most {} on this server",
@@ -724,8 +730,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
     let network = get_bool(obj, "network", "network")?.unwrap_or(false);
     if network && !policy.allow_network {
         return Err(ApiError::new(
-            403,
-            "network_not_allowed",
+            Code::NetworkNotAllowed,
             "this server does not give tasks a network (start it with --allow-network)",
         )
         .with_field("network"));
@@ -790,13 +795,13 @@ fn parse_resource(
         .collect();
     if kinds.len() != 1 {
         return Err(bad(
-            "invalid_resource",
+            Code::InvalidResource,
             &prefix,
             "a resource must have exactly one of `data`, `uri`, `tmpfs` or `bind`",
         ));
     }
     let dest = get_str(obj, "dest", &f("dest"))?
-        .ok_or_else(|| bad("missing_field", &f("dest"), "a resource needs a `dest`"))?;
+        .ok_or_else(|| bad(Code::MissingField, &f("dest"), "a resource needs a `dest`"))?;
     check_dest(dest, pwd, &f("dest"))?;
     let dest = dest.to_string();
 
@@ -804,14 +809,13 @@ fn parse_resource(
         "tmpfs" => {
             check_unknown(obj, &["dest", "tmpfs", "size", "mode"], &prefix)?;
             if get_bool(obj, "tmpfs", &f("tmpfs"))? != Some(true) {
-                return Err(bad("invalid_value", &f("tmpfs"), "`tmpfs` must be true"));
+                return Err(bad(Code::InvalidValue, &f("tmpfs"), "`tmpfs` must be true"));
             }
             let size = get_positive_int(obj, "size", &f("size"), u64::MAX)?;
             if let Some(s) = size {
                 if s > policy.max_tmpfs_bytes {
                     return Err(ApiError::new(
-                        413,
-                        "payload_too_large",
+                        Code::PayloadTooLarge,
                         format!(
                             "tmpfs size may be at most {} bytes on this server",
                             policy.max_tmpfs_bytes
@@ -823,7 +827,7 @@ fn parse_resource(
             let mode = parse_mode(obj, &f("mode"))?;
             if resolve_dest(pwd.unwrap_or("/"), &dest).as_deref() == Some("/") {
                 return Err(bad(
-                    "invalid_dest",
+                    Code::InvalidDest,
                     &f("dest"),
                     "a tmpfs cannot be mounted on /",
                 ));
@@ -853,8 +857,7 @@ fn parse_resource(
             });
             if exposes_engine {
                 return Err(ApiError::new(
-                    403,
-                    "bind_not_allowed",
+                    Code::BindNotAllowed,
                     format!(
                         "host path `{host}` would expose the container engine; it is never mounted"
                     ),
@@ -863,8 +866,7 @@ fn parse_resource(
             }
             if !allowed {
                 return Err(ApiError::new(
-                    403,
-                    "bind_not_allowed",
+                    Code::BindNotAllowed,
                     format!("host path `{host}` is not on this server's bind allow-list"),
                 )
                 .with_field(f("bind")));
@@ -883,18 +885,22 @@ fn parse_resource(
             let source = if kind == "uri" {
                 if obj.contains_key("encoding") {
                     return Err(bad(
-                        "unknown_field",
+                        Code::UnknownField,
                         &f("encoding"),
                         "`encoding` goes with `data`, not `uri`",
                     ));
                 }
                 let uri = get_str(obj, "uri", &f("uri"))?.unwrap_or_default();
                 let parsed = reqwest::Url::parse(uri).map_err(|e| {
-                    bad("invalid_uri", &f("uri"), format!("`uri` is not a URL: {e}"))
+                    bad(
+                        Code::InvalidUri,
+                        &f("uri"),
+                        format!("`uri` is not a URL: {e}"),
+                    )
                 })?;
                 if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
                     return Err(bad(
-                        "invalid_uri",
+                        Code::InvalidUri,
                         &f("uri"),
                         "`uri` must be an http or https URL with a host",
                     ));
@@ -903,9 +909,7 @@ fn parse_resource(
                     .fetch_guard
                     .check_host(parsed.host_str().unwrap_or_default())
                 {
-                    return Err(ApiError::new(
-                        403,
-                        "uri_not_allowed",
+                    return Err(ApiError::new(Code::UriNotAllowed,
                         format!("`uri` may not be fetched: {why} (the operator can allow it with --allow-fetch)"),
                     )
                     .with_field(f("uri")));
@@ -915,7 +919,7 @@ fn parse_resource(
                     Some(h) => {
                         if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
                             return Err(bad(
-                                "invalid_value",
+                                Code::InvalidValue,
                                 &f("sha256"),
                                 "`sha256` must be 64 hex digits",
                             ));
@@ -930,7 +934,7 @@ fn parse_resource(
             } else {
                 if obj.contains_key("sha256") {
                     return Err(bad(
-                        "unknown_field",
+                        Code::UnknownField,
                         &f("sha256"),
                         "`sha256` goes with `uri`, not `data`",
                     ));
@@ -947,7 +951,7 @@ fn parse_resource(
                             .decode(cleaned.as_bytes())
                             .map_err(|e| {
                                 bad(
-                                    "invalid_base64",
+                                    Code::InvalidBase64,
                                     &f("data"),
                                     format!("`data` is not valid base64: {e}"),
                                 )
@@ -956,7 +960,7 @@ fn parse_resource(
                     }
                     Some(other) => {
                         return Err(bad(
-                            "invalid_value",
+                            Code::InvalidValue,
                             &f("encoding"),
                             format!("`encoding` must be \"base64\" or \"text\", not \"{other}\""),
                         ))
@@ -965,7 +969,7 @@ fn parse_resource(
             };
             if !extract && resolve_dest(pwd.unwrap_or("/"), &dest).as_deref() == Some("/") {
                 return Err(bad(
-                    "invalid_dest",
+                    Code::InvalidDest,
                     &f("dest"),
                     "a file cannot be written at /",
                 ));
@@ -1231,7 +1235,7 @@ mod tests {
         for (res, field, status) in cases {
             let e = err(with("resource_list", json!([res])));
             assert_eq!(
-                (e.field.as_deref(), e.status),
+                (e.field.as_deref(), e.status()),
                 (Some(field), status),
                 "{res}"
             );
@@ -1256,7 +1260,7 @@ mod tests {
             json!([{"dest": "a", "data": "0123456789abc"}]),
         );
         let e = parse(v, &policy, ParseContext::default()).err();
-        assert_eq!(e.map(|e| e.status), Some(413));
+        assert_eq!(e.map(|e| e.status()), Some(413));
     }
 
     #[test]
@@ -1273,7 +1277,7 @@ mod tests {
         ] {
             let e = err(with("resource_list", json!([{"dest": "a", "uri": uri}])));
             assert_eq!(
-                (e.status, e.code.as_str(), e.field.as_deref()),
+                (e.status(), e.code.as_str(), e.field.as_deref()),
                 (403, "uri_not_allowed", Some("resource_list[0].uri")),
                 "{uri}"
             );
@@ -1307,8 +1311,8 @@ mod tests {
             let v = with("resource_list", json!([{"dest": "/d", "bind": host}]));
             let e = parse(v, &policy, ParseContext::default()).err();
             assert_eq!(
-                e.map(|e| (e.status, e.code)),
-                Some((403, "bind_not_allowed".to_string())),
+                e.map(|e| (e.status(), e.code)),
+                Some((403, Code::BindNotAllowed)),
                 "{host}"
             );
         }
@@ -1334,7 +1338,7 @@ mod tests {
         assert_eq!(
             parse(v, &policy, ParseContext::default())
                 .err()
-                .map(|e| e.status),
+                .map(|e| e.status()),
             Some(403)
         );
         let v = with(
@@ -1344,7 +1348,7 @@ mod tests {
         assert_eq!(
             parse(v, &policy, ParseContext::default())
                 .err()
-                .map(|e| e.status),
+                .map(|e| e.status()),
             Some(403)
         );
     }
@@ -1394,7 +1398,7 @@ mod tests {
             Some("pwd")
         );
         let e = err(with("network", json!(true)));
-        assert_eq!((e.status, e.code.as_str()), (403, "network_not_allowed"));
+        assert_eq!((e.status(), e.code.as_str()), (403, "network_not_allowed"));
         let s = ok(with(
             "limits",
             json!({"memory_mb": 128, "cpus": 0.5, "pids": 64}),
@@ -1424,13 +1428,13 @@ mod tests {
         let s = parse(v, &Policy::default(), ctx).ok().map(|s| s.image);
         assert_eq!(s.as_deref(), Some("ufaas/python:3"));
         let e = parse(base(), &Policy::default(), ctx).err();
-        assert_eq!(e.map(|e| e.code), Some("image_mismatch".to_string()));
+        assert_eq!(e.map(|e| e.code), Some(Code::ImageMismatch));
         let v = with("resource_list", json!([{"dest": "/s", "tmpfs": true}]));
         let mut v = v;
         v.as_object_mut().map(|o| o.remove("image"));
         assert_eq!(
             parse(v, &Policy::default(), ctx).err().map(|e| e.code),
-            Some("mount_on_reuse".to_string())
+            Some(Code::MountOnReuse)
         );
     }
 

@@ -17,7 +17,7 @@ use warp::http::header::{HeaderMap, AUTHORIZATION};
 use warp::Filter;
 
 use crate::config::ServeConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 
 /// The value of `WWW-Authenticate` on every 401.
 pub const CHALLENGE: &str = "Bearer";
@@ -109,7 +109,7 @@ impl Tokens {
 }
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
-    ApiError::new(401, "unauthorized", message)
+    ApiError::new(Code::Unauthorized, message)
 }
 
 fn malformed(why: &str) -> ApiError {
@@ -293,7 +293,7 @@ mod tests {
             .is_ok());
         let msg = |h: &[&[u8]]| {
             let e = t.check(&headers(h)).unwrap_err();
-            assert_eq!((e.status, e.code.as_str()), (401, "unauthorized"));
+            assert_eq!((e.status(), e.code.as_str()), (401, "unauthorized"));
             e.message
         };
         assert!(msg(&[]).contains("send Authorization: Bearer <token>"));

@@ -15,7 +15,7 @@ use warp::http::{header, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::model::{TaskId, TaskState};
 use crate::runner::{DeleteOptions, Runner};
 use crate::store::ListFilter;
@@ -147,8 +147,7 @@ where
 {
     let too_large = || {
         warp::reject::custom(Refused(ApiError::new(
-            413,
-            "payload_too_large",
+            Code::PayloadTooLarge,
             format!("the request body is larger than the server's limit of {limit} bytes"),
         )))
     };
@@ -160,8 +159,7 @@ where
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|e| {
             warp::reject::custom(Refused(ApiError::new(
-                400,
-                "invalid_body",
+                Code::InvalidBody,
                 format!("reading the body failed: {e}"),
             )))
         })?;
@@ -212,7 +210,7 @@ fn with_location(mut resp: Response, id: TaskId) -> Response {
 fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
     TaskId::from_str(raw).map_err(|_| {
         ApiError::bad_request(
-            "invalid_id",
+            Code::InvalidId,
             "id",
             format!("`{raw}` is not a task id (a UUID)"),
         )
@@ -222,15 +220,13 @@ fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
-            400,
-            "invalid_json",
+            Code::InvalidJson,
             "the request body is empty; send a JSON task spec",
         ));
     }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
-            400,
-            "invalid_json",
+            Code::InvalidJson,
             format!("the body is not valid JSON: {e}"),
         )
     })
@@ -249,7 +245,7 @@ fn query_bool(q: &Query, key: &str) -> Result<bool, ApiError> {
         Some("" | "true" | "1" | "yes") => Ok(true),
         Some("false" | "0" | "no") => Ok(false),
         Some(other) => Err(ApiError::bad_request(
-            "invalid_query",
+            Code::InvalidQuery,
             key,
             format!("`{key}` must be true or false, not `{other}`"),
         )),
@@ -262,7 +258,7 @@ fn query_wait(q: &Query) -> Result<Option<Duration>, ApiError> {
         Some(raw) => match raw.parse::<f64>() {
             Ok(s) if (0.0..=MAX_WAIT_SECONDS).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
             _ => Err(ApiError::bad_request(
-                "invalid_query",
+                Code::InvalidQuery,
                 "wait",
                 format!("`wait` must be a number of seconds from 0 to {MAX_WAIT_SECONDS}"),
             )),
@@ -274,13 +270,13 @@ fn query_wait(q: &Query) -> Result<Option<Duration>, ApiError> {
 /// does not.
 async fn readyz(runner: Arc<Runner>) -> Response {
     if let Err(e) = runner.store().ping().await {
-        return error_reply(ApiError::unavailable(
-            "database_unavailable",
+        return error_reply(ApiError::new(
+            Code::DatabaseUnavailable,
             format!("the database does not answer: {e}"),
         ));
     }
     if let Err(e) = runner.engine().ping().await {
-        return error_reply(ApiError::unavailable("docker_unavailable", e.to_string()));
+        return error_reply(ApiError::new(Code::DockerUnavailable, e.to_string()));
     }
     json_reply(
         StatusCode::OK,
@@ -300,8 +296,9 @@ async fn list_tasks(runner: Arc<Runner>, q: Query) -> Response {
                 match key.as_str() {
                     "state" => {
                         for part in value.split(',').filter(|p| !p.trim().is_empty()) {
-                            let st = TaskState::from_str(part)
-                                .map_err(|e| ApiError::bad_request("invalid_query", "state", e))?;
+                            let st = TaskState::from_str(part).map_err(|e| {
+                                ApiError::bad_request(Code::InvalidQuery, "state", e)
+                            })?;
                             filter.states.push(st);
                         }
                     }
@@ -311,7 +308,7 @@ async fn list_tasks(runner: Arc<Runner>, q: Query) -> Response {
                             Ok(n) if (1..=1000).contains(&n) => n,
                             _ => {
                                 return Err(ApiError::bad_request(
-                                    "invalid_query",
+                                    Code::InvalidQuery,
                                     "limit",
                                     "`limit` must be a whole number from 1 to 1000",
                                 ))
@@ -321,14 +318,14 @@ async fn list_tasks(runner: Arc<Runner>, q: Query) -> Response {
                     "before" => {
                         let id = TaskId::from_str(value).map_err(|_| {
                             ApiError::bad_request(
-                                "invalid_query",
+                                Code::InvalidQuery,
                                 "before",
                                 "`before` must be a task id",
                             )
                         })?;
                         if !runner.store().exists(id).await? {
                             return Err(ApiError::bad_request(
-                                "invalid_query",
+                                Code::InvalidQuery,
                                 "before",
                                 format!("no task {id} to page from"),
                             ));
@@ -397,8 +394,7 @@ async fn get_task(raw_id: String, runner: Arc<Runner>) -> Response {
         async {
             if raw_id == "ws" {
                 return Err(ApiError::new(
-                    426,
-                    "upgrade_required",
+                    Code::UpgradeRequired,
                     "GET /fn/ws is a WebSocket: send the Upgrade headers",
                 ));
             }
@@ -426,8 +422,7 @@ async fn update_task(
             let ct = content_type.unwrap_or_default().trim().to_ascii_lowercase();
             if ct.starts_with("application/json-patch+json") {
                 return Err(ApiError::new(
-                    415,
-                    "unsupported_media_type",
+                    Code::UnsupportedMediaType,
                     "JSON Patch is not supported: send a whole spec, or a merge-patch with \
                      Content-Type: application/merge-patch+json",
                 ));
@@ -436,8 +431,7 @@ async fn update_task(
             let patch = parse_json(&body)?;
             if merge && !patch.is_object() {
                 return Err(ApiError::new(
-                    400,
-                    "invalid_type",
+                    Code::InvalidType,
                     "a merge-patch must be a JSON object",
                 ));
             }
@@ -478,35 +472,31 @@ async fn recover(rej: Rejection) -> Result<Response, Infallible> {
     let e = if let Some(Refused(e)) = rej.find::<Refused>() {
         e.clone()
     } else if rej.is_not_found() {
-        ApiError::new(404, "not_found", "no such route")
+        ApiError::new(Code::NotFound, "no such route")
     } else if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::new(
-            413,
-            "payload_too_large",
+            Code::PayloadTooLarge,
             "the request body is larger than the server accepts",
         )
     } else if rej.find::<warp::reject::LengthRequired>().is_some() {
         ApiError::new(
-            411,
-            "length_required",
+            Code::LengthRequired,
             "send a Content-Length header with the body",
         )
     } else if let Some(q) = rej.find::<warp::reject::InvalidQuery>() {
         ApiError::new(
-            400,
-            "invalid_query",
+            Code::InvalidQuery,
             format!("the query string is malformed: {q}"),
         )
     } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(
-            405,
-            "method_not_allowed",
+            Code::MethodNotAllowed,
             "this route does not take that method",
         )
     } else if let Some(h) = rej.find::<warp::reject::InvalidHeader>() {
-        ApiError::new(400, "invalid_header", h.to_string())
+        ApiError::new(Code::InvalidHeader, h.to_string())
     } else if rej.find::<warp::reject::UnsupportedMediaType>().is_some() {
-        ApiError::new(415, "unsupported_media_type", "unsupported content type")
+        ApiError::new(Code::UnsupportedMediaType, "unsupported content type")
     } else {
         tracing::warn!(rejection = ?rej, "unhandled rejection");
         ApiError::internal(format!("unhandled: {rej:?}"))

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use warp::ws::{Message, WebSocket};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::events::OutputEvent;
 use crate::model::TaskId;
 use crate::runner::{DeleteOptions, Runner};
@@ -44,7 +44,7 @@ pub fn parse_params(q: &[(String, String)]) -> Result<WsParams, ApiError> {
                         .filter(|s| *s >= 0)
                         .ok_or_else(|| {
                             ApiError::bad_request(
-                                "invalid_query",
+                                Code::InvalidQuery,
                                 "since",
                                 "`since` must be a whole number, 0 or more",
                             )
@@ -55,7 +55,7 @@ pub fn parse_params(q: &[(String, String)]) -> Result<WsParams, ApiError> {
                 for part in value.split(',').filter(|s| !s.is_empty()) {
                     let id = TaskId::from_str(part).map_err(|_| {
                         ApiError::bad_request(
-                            "invalid_query",
+                            Code::InvalidQuery,
                             "task",
                             format!("`{part}` is not a task id"),
                         )
@@ -69,7 +69,7 @@ pub fn parse_params(q: &[(String, String)]) -> Result<WsParams, ApiError> {
                     "false" | "0" => false,
                     _ => {
                         return Err(ApiError::bad_request(
-                            "invalid_query",
+                            Code::InvalidQuery,
                             "output",
                             "`output` must be true or false",
                         ))
@@ -217,7 +217,7 @@ pub async fn session(socket: WebSocket, runner: Arc<Runner>, params: WsParams) {
                             }
                         }
                     } else if m.is_binary() {
-                        let e = ApiError::new(400, "invalid_message", "send JSON text frames, not binary");
+                        let e = ApiError::new(Code::InvalidMessage, "send JSON text frames, not binary");
                         if !send(&mut sink, error_frame(&e, None)).await {
                             return;
                         }
@@ -264,13 +264,13 @@ async fn handle_op(
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => {
             return Some(error_frame(
-                &ApiError::new(400, "invalid_message", "a message must be a JSON object"),
+                &ApiError::new(Code::InvalidMessage, "a message must be a JSON object"),
                 None,
             ))
         }
         Err(e) => {
             return Some(error_frame(
-                &ApiError::new(400, "invalid_message", format!("not valid JSON: {e}")),
+                &ApiError::new(Code::InvalidMessage, format!("not valid JSON: {e}")),
                 None,
             ))
         }
@@ -282,7 +282,7 @@ async fn handle_op(
         Some("subscribe") => {
             let Some(list) = msg.get("tasks").and_then(Value::as_array) else {
                 return fail(ApiError::bad_request(
-                    "invalid_message",
+                    Code::InvalidMessage,
                     "tasks",
                     "`tasks` must be an array of task ids",
                 ));
@@ -293,7 +293,7 @@ async fn handle_op(
                     Some(id) => ids.push(id),
                     None => {
                         return fail(ApiError::bad_request(
-                            "invalid_message",
+                            Code::InvalidMessage,
                             format!("tasks[{i}]"),
                             "not a task id",
                         ))
@@ -310,7 +310,7 @@ async fn handle_op(
         Some("submit") => {
             let Some(spec) = msg.get("spec").cloned() else {
                 return fail(ApiError::bad_request(
-                    "missing_field",
+                    Code::MissingField,
                     "spec",
                     "`submit` needs a `spec`",
                 ));
@@ -337,7 +337,7 @@ async fn handle_op(
                 .and_then(|s| TaskId::from_str(s).ok())
             else {
                 return fail(ApiError::bad_request(
-                    "invalid_message",
+                    Code::InvalidMessage,
                     "id",
                     "`cancel` needs an `id` that is a task id",
                 ));
@@ -362,12 +362,12 @@ async fn handle_op(
             None
         }
         Some(other) => fail(ApiError::bad_request(
-            "unknown_op",
+            Code::UnknownOp,
             "op",
             format!("unknown op `{other}`: use subscribe, submit, cancel or ping"),
         )),
         None => fail(ApiError::bad_request(
-            "missing_field",
+            Code::MissingField,
             "op",
             "a message needs an `op`",
         )),

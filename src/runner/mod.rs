@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::agent::Agent;
 use crate::config::ServeConfig;
 use crate::docker::{AgentMount, DockerError, Engine, Hardening, LABEL_INSTANCE};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::events::StateEvent;
 use crate::model::{ContainerState, TaskId, TaskState};
 use crate::spec::{self, ParseContext, Policy};
@@ -33,13 +33,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::QueueFull(n) => ApiError::new(
-                429,
-                "queue_full",
+                Code::QueueFull,
                 format!("the queue is full ({n} tasks waiting); try again later"),
             ),
             other => {
                 tracing::error!(error = %other, "database error");
-                ApiError::unavailable("database_error", other.to_string())
+                ApiError::new(Code::DatabaseUnavailable, other.to_string())
             }
         }
     }
@@ -334,9 +333,7 @@ impl Runner {
             if let Ok(Ok(addrs)) = lookup {
                 let addrs: Vec<_> = addrs.collect();
                 if let Err(why) = self.policy.fetch_guard.check_resolved(host, &addrs) {
-                    return Err(ApiError::new(
-                        403,
-                        "uri_not_allowed",
+                    return Err(ApiError::new(Code::UriNotAllowed,
                         format!("`uri` may not be fetched: {why} (the operator can allow it with --allow-fetch)"),
                     )
                     .with_field(format!("resource_list[{i}].uri")));
@@ -372,7 +369,7 @@ impl Runner {
                     other => other.to_string(),
                 };
                 return Err(ApiError::bad_request(
-                    "invalid_archive",
+                    Code::InvalidArchive,
                     format!("resource_list[{i}].data"),
                     format!("the archive cannot be unpacked: {why}"),
                 ));
@@ -411,8 +408,8 @@ impl Runner {
                 Ok(r)
             }
             UpdateResult::NotFound => Err(ApiError::no_task(id)),
-            UpdateResult::Started(r) => Err(ApiError::conflict(
-                "already_started",
+            UpdateResult::Started(r) => Err(ApiError::new(
+                Code::AlreadyStarted,
                 format!(
                     "task {id} is {}: only a task that has not started can be updated",
                     r.state
@@ -438,7 +435,7 @@ impl Runner {
                 self.engine
                     .remove(&cid)
                     .await
-                    .map_err(|e| ApiError::unavailable("docker_unavailable", e.to_string()))?;
+                    .map_err(|e| ApiError::new(Code::DockerUnavailable, e.to_string()))?;
                 self.store
                     .set_container_state(&cid, ContainerState::Removed)
                     .await?;
@@ -465,8 +462,8 @@ impl Runner {
             .ok_or_else(|| ApiError::no_task(id))?;
         if record.state.is_terminal() {
             if refuse_ended {
-                return Err(ApiError::conflict(
-                    "already_ended",
+                return Err(ApiError::new(
+                    Code::AlreadyEnded,
                     format!(
                         "task {id} already ended ({}); use ?remove_container=true or ?purge=true",
                         record.state
@@ -486,7 +483,10 @@ impl Runner {
         self.wait_ended(events, id, Duration::from_secs(60))
             .await?
             .ok_or_else(|| {
-                ApiError::unavailable("cancel_pending", format!("task {id} did not stop in time"))
+                ApiError::new(
+                    Code::CancelPending,
+                    format!("task {id} did not stop in time"),
+                )
             })
     }
 
