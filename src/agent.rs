@@ -21,7 +21,7 @@ use sha2::Digest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::docker::{Attached, OutputStream, Stream};
+use crate::model::Stream;
 
 /// The agent program, built by build.rs for the machine the server is built for.
 pub static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ufaas-agent"));
@@ -48,6 +48,27 @@ pub enum AgentError {
     Lost(String),
     #[error("the agent did not answer in time")]
     Timeout,
+}
+
+/// How the agent (the main process of every container) gets into it.
+#[derive(Debug, Clone, Default)]
+pub enum AgentMount {
+    /// Bind-mounted read-only from this host file: no copy per container.
+    Bind(std::path::PathBuf),
+    /// Uploaded with the task's files before start (a remote engine cannot see our files).
+    #[default]
+    Upload,
+}
+
+/// What the agent prints, chunk by chunk, as it comes (from a container's attached stdio);
+/// an error says why the stream broke.
+pub type OutputStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<(Stream, Bytes), String>> + Send>>;
+
+/// The agent's two ends: what it prints, and its stdin.
+pub struct Transport {
+    pub output: OutputStream,
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
 }
 
 /// Held for writing while [`install`] has the program open for writing, and for reading by
@@ -418,7 +439,7 @@ impl Drop for Agent {
 impl Agent {
     /// Talks to the agent over `attached`. `fresh`: attached before the container started,
     /// so the stream begins at the agent's first byte.
-    pub fn new(attached: Attached, fresh: bool) -> (Agent, Option<[u8; 16]>) {
+    pub fn new(attached: Transport, fresh: bool) -> (Agent, Option<[u8; 16]>) {
         let nonce = (!fresh).then(|| *uuid::Uuid::new_v4().as_bytes());
         let decoder = match nonce {
             Some(n) => Decoder::unsynced(n),
@@ -595,7 +616,7 @@ async fn read_frames(mut output: OutputStream, mut decoder: Decoder, shared: Arc
                 let said = String::from_utf8_lossy(&data[..data.len().min(200)]).into_owned();
                 tracing::warn!(agent = %said.trim_end(), "the agent says");
             }
-            Some(Err(e)) => break e.to_string(),
+            Some(Err(e)) => break e,
             None => break "the container's output ended".to_string(),
         }
     };
@@ -899,11 +920,9 @@ mod tests {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             panic!("no stdio")
         };
-        let output = tokio_util::io::ReaderStream::new(stdout).map(|r| {
-            r.map(|b| (Stream::Stdout, b))
-                .map_err(|e| crate::docker::DockerError::Unavailable(e.to_string()))
-        });
-        let attached = Attached {
+        let output = tokio_util::io::ReaderStream::new(stdout)
+            .map(|r| r.map(|b| (Stream::Stdout, b)).map_err(|e| e.to_string()));
+        let attached = Transport {
             output: Box::pin(output),
             input: Box::pin(stdin),
         };

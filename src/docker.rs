@@ -22,6 +22,8 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWrite;
 use tokio::sync::RwLock;
 
+use crate::model::Stream;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error("the Docker engine does not answer: {0}")]
@@ -60,16 +62,6 @@ pub const LABEL_INSTANCE: &str = "ufaas.instance";
 pub const LABEL_BOOT: &str = "ufaas.boot";
 /// The label naming the task that made the container.
 pub const LABEL_TASK: &str = "ufaas.task";
-/// How the agent (the main process of every container) gets into it.
-#[derive(Debug, Clone, Default)]
-pub enum AgentMount {
-    /// Bind-mounted read-only from this host file: no copy per container.
-    Bind(std::path::PathBuf),
-    /// Uploaded with the task's files before start (a remote engine cannot see our files).
-    #[default]
-    Upload,
-}
-
 /// What a container's main process prints, chunk by chunk, as it comes.
 pub type OutputStream = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = Result<(Stream, Bytes), DockerError>> + Send>,
@@ -81,8 +73,9 @@ pub struct Attached {
     pub input: std::pin::Pin<Box<dyn AsyncWrite + Send>>,
 }
 
-/// What a new container looks like. Its main process is the agent (`crate::agent`), which
-/// runs the tasks sent to it.
+/// What a new container looks like. Its main process is `main`, run with no arguments and
+/// its stdin open (ufaas's agent, which runs the tasks sent to it; this module does not need
+/// to know).
 #[derive(Debug, Clone, Default)]
 pub struct ContainerSpec {
     pub image: String,
@@ -97,7 +90,11 @@ pub struct ContainerSpec {
     pub binds: Vec<String>,
     pub network: bool,
     pub hardening: Hardening,
-    pub agent: AgentMount,
+    /// The main process: a path in the container.
+    pub main: String,
+    /// A host file bind-mounted read-only at `main` (else `main` must be in the image or
+    /// uploaded before start).
+    pub main_bind: Option<std::path::PathBuf>,
 }
 
 /// Container defaults that keep a task in its box. The operator sets them (flags of
@@ -190,12 +187,6 @@ impl Hardening {
         }
         host.runtime = h.runtime.clone();
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
 }
 
 pub struct Engine {
@@ -344,9 +335,9 @@ impl Engine {
                 ..Default::default()
             };
             spec.hardening.apply(&mut host_config);
-            if let AgentMount::Bind(host) = &spec.agent {
+            if let Some(host) = &spec.main_bind {
                 host_config.mounts.get_or_insert_with(Vec::new).push(Mount {
-                    target: Some(crate::agent::PATH.to_string()),
+                    target: Some(spec.main.clone()),
                     source: Some(host.to_string_lossy().into_owned()),
                     typ: Some(MountType::BIND),
                     read_only: Some(true),
@@ -355,7 +346,7 @@ impl Engine {
             }
             let config = ContainerCreateBody {
                 image: Some(spec.image.clone()),
-                cmd: Some(vec![crate::agent::PATH.to_string()]),
+                cmd: Some(vec![spec.main.clone()]),
                 entrypoint: Some(Vec::new()),
                 open_stdin: Some(true),
                 stdin_once: Some(false),

@@ -13,8 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::model::{Locality, TaskId, TaskState};
-use crate::store::{ContainerRef, TaskRecord};
+use crate::model::{ContainerRef, Locality, TaskId, TaskRecord, TaskState};
 
 /// A task as events show it: the record without its output and spec.
 #[derive(Debug, Clone, Serialize)]

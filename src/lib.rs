@@ -62,7 +62,7 @@ pub async fn serve(
     netguard::FetchGuard::new(&cfg.allow_fetch)
         .map_err(|e| anyhow::anyhow!("--allow-fetch: {e}"))?;
     let agent_mount = if cfg.agent_upload {
-        docker::AgentMount::Upload
+        agent::AgentMount::Upload
     } else {
         agent_mount(&engine, &cfg.db)
     };
@@ -97,19 +97,19 @@ pub async fn serve(
 
 /// A local engine bind-mounts the agent from a file beside the database (no copy per
 /// container); a remote one, or when the file cannot be written, gets it uploaded.
-fn agent_mount(engine: &Engine, db: &std::path::Path) -> docker::AgentMount {
+fn agent_mount(engine: &Engine, db: &std::path::Path) -> agent::AgentMount {
     if !engine.is_local() {
-        return docker::AgentMount::Upload;
+        return agent::AgentMount::Upload;
     }
     let dir = db
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
     match std::fs::canonicalize(dir).and_then(|d| agent::install(&d)) {
-        Ok(path) => docker::AgentMount::Bind(path),
+        Ok(path) => agent::AgentMount::Bind(path),
         Err(e) => {
             tracing::warn!(error = %e, "cannot write the agent beside the database; uploading it to each container");
-            docker::AgentMount::Upload
+            agent::AgentMount::Upload
         }
     }
 }

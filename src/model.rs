@@ -1,10 +1,28 @@
-//! Typed identifiers and state enums shared by the store, the runner and the HTTP layer.
+//! The domain: typed identifiers, state enums and the task record, shared by the store, the
+//! runner, the events and the HTTP layer (none of which the model knows of).
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
+
+/// One of a command's two output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
 
 /// A task's identity: a UUID, printed in its hyphenated lower-case form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -189,4 +207,49 @@ mod tests {
         assert_eq!(id.to_string().parse::<TaskId>().ok(), Some(id));
         assert!("not-a-uuid".parse::<TaskId>().is_err());
     }
+}
+
+/// The task record (docs/api.rst, `The task record`), as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub task_name: String,
+    pub state: TaskState,
+    pub image: String,
+    pub priority: i64,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub output_truncated: bool,
+    pub error: Option<String>,
+    pub container: Option<ContainerRef>,
+    pub reused_container_of: Option<TaskId>,
+    pub locality: Option<Locality>,
+    pub spec: Value,
+    /// The Docker exec the task ran as (not shown in the API).
+    #[serde(skip)]
+    pub exec_id: Option<String>,
+    /// Raw bytes of stdout and of stderr stored so far (a running task's output is stored as
+    /// it comes; `stdout`/`stderr` are their text).
+    #[serde(skip)]
+    pub output_stored: (u64, u64),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerRef {
+    pub id: String,
+    pub state: ContainerState,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub output_truncated: bool,
+    pub error: Option<String>,
 }

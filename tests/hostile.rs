@@ -357,3 +357,35 @@ async fn hostile_archives_are_refused_when_submitted() {
     );
     server.stop().await;
 }
+
+/// `PUT /fn/{id}` checks what `POST /fn` checks before anything is written: an archive that
+/// cannot be unpacked and a `uri` to this machine are refused, and the task stays as it was.
+#[tokio::test]
+async fn an_update_is_checked_like_a_submit() {
+    use base64::Engine as _;
+    let server = Server::start_with(|c| c.max_concurrent = 1).await;
+    let running = server.submit(&common::sh("sleep 30")).await;
+    server.wait_state(&running, "RUNNING").await;
+    let spec = common::sh("echo queued");
+    let queued = server.submit(&spec).await;
+    let path = format!("/fn/{queued}");
+    let garbage = base64::engine::general_purpose::STANDARD.encode(b"not an archive at all");
+    let mut bad_archive = spec.clone();
+    bad_archive["resource_list"] =
+        json!([{"dest": "app", "data": garbage, "encoding": "base64", "extract": true}]);
+    let r = server.put(&path, &bad_archive).await;
+    r.assert_error(400, "invalid_archive", Some("resource_list[0].data"));
+    let r = server
+        .merge(
+            &path,
+            &json!({"resource_list": [{"dest": "x", "uri": "http://localhost/x"}]}),
+        )
+        .await;
+    r.assert_error(403, "uri_not_allowed", Some("resource_list[0].uri"));
+    let now = server.get(&path).await.body;
+    assert_eq!((&now["state"], &now["spec"]), (&json!("PENDING"), &spec));
+    for id in [&queued, &running] {
+        assert_eq!(server.delete(&format!("/fn/{id}")).await.status, 200);
+    }
+    server.stop().await;
+}

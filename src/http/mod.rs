@@ -17,10 +17,11 @@ use warp::{Filter, Rejection};
 
 use crate::error::{ApiError, Code};
 use crate::model::{TaskId, TaskState};
-use crate::runner::{DeleteOptions, Runner};
+use crate::runner::{DeleteOptions, Runner, RunnerError};
 use crate::store::ListFilter;
 
 pub mod auth;
+mod errors;
 pub mod ws;
 
 /// Longest `?wait=` honoured, in seconds.
@@ -181,11 +182,12 @@ where
 /// with the transaction still open, and every later write then fails on a locked database.
 /// A spawned task runs to its end whatever the client does.
 async fn detached<T: Send + 'static>(
-    fut: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+    fut: impl std::future::Future<Output = Result<T, RunnerError>> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::spawn(fut)
-        .await
-        .unwrap_or_else(|e| Err(ApiError::internal(format!("the command failed: {e}"))))
+    match tokio::spawn(fut).await {
+        Ok(done) => done.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(format!("the command failed: {e}"))),
+    }
 }
 
 fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Response {

@@ -327,7 +327,7 @@ async fn handle_op(
                     }
                     Some(v.to_string())
                 }
-                Err(e) => fail(e),
+                Err(e) => fail(e.into()),
             }
         }
         Some("cancel") => {
@@ -355,7 +355,7 @@ async fn handle_op(
                         }
                         v.to_string()
                     }
-                    Err(e) => error_frame(&e, reference.as_ref()),
+                    Err(e) => error_frame(&e.into(), reference.as_ref()),
                 };
                 let _ = replies.send(reply).await;
             });

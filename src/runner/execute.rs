@@ -14,12 +14,11 @@ use tokio_util::sync::CancellationToken;
 use super::keep::Kept;
 use super::spool::{self, Spool};
 use super::{terminal_for_exit, Runner};
-use crate::agent::{self, Agent, ExecResult, JobRequest};
-use crate::docker::{AgentMount, ContainerSpec, Hardening, LABEL_BOOT, LABEL_INSTANCE, LABEL_TASK};
-use crate::model::{ContainerState, Locality, TaskId, TaskState};
+use crate::agent::{self, Agent, AgentMount, ExecResult, JobRequest};
+use crate::docker::{ContainerSpec, Hardening, LABEL_BOOT, LABEL_INSTANCE, LABEL_TASK};
+use crate::model::{ContainerState, Locality, Outcome, TaskId, TaskRecord, TaskState};
 use crate::resources::{self, FetchLimits};
 use crate::spec::{self, ParseContext, TaskSpec};
-use crate::store::{Outcome, TaskRecord};
 
 /// Why a run stopped early.
 enum Stop {
@@ -471,7 +470,11 @@ impl Runner {
                 writable: writable_roots(&workdir),
                 ..self.hardening.clone()
             },
-            agent: mount,
+            main: agent::PATH.to_string(),
+            main_bind: match mount {
+                AgentMount::Bind(host) => Some(host),
+                AgentMount::Upload => None,
+            },
         };
         let ttl = spec.ttl.unwrap_or(self.cfg.default_ttl);
         let expires_at = Instant::now() + Duration::from_secs(ttl);
@@ -502,7 +505,7 @@ impl Runner {
                 .attach(&cid)
                 .await
                 .map_err(|e| fail("attaching to the container", &e))?;
-            let (agent, _) = Agent::new(attached, true);
+            let (agent, _) = Agent::new(super::transport(attached), true);
             let agent = Arc::new(agent);
             self.agents().insert(cid.clone(), agent.clone());
             self.engine
@@ -560,12 +563,12 @@ impl Runner {
     ) -> Result<(String, Option<Vec<u8>>), crate::docker::DockerError> {
         match self.engine.create(&cspec).await {
             Err(e)
-                if matches!(cspec.agent, AgentMount::Bind(_))
+                if cspec.main_bind.is_some()
                     && e.to_string().contains("bind source path does not exist") =>
             {
                 tracing::warn!(error = %e, "the engine cannot see the agent's file; uploading it to each container from now on");
                 self.set_agent_mount(AgentMount::Upload);
-                cspec.agent = AgentMount::Upload;
+                cspec.main_bind = None;
                 let cid = self.engine.create(&cspec).await?;
                 let mut tar = resources::TarWriter::new();
                 let tar = tar

@@ -2,6 +2,7 @@
 //! keeps the queue (at most `--max-concurrent` running, higher priority first), runs each task
 //! in a container ([`execute`]) and keeps containers for reuse ([`keep`]).
 
+mod error;
 mod execute;
 pub mod keep;
 mod reconcile;
@@ -18,31 +19,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, AgentMount};
 use crate::config::ServeConfig;
-use crate::docker::{AgentMount, DockerError, Engine, Hardening, LABEL_INSTANCE};
+use crate::docker::{DockerError, Engine, Hardening, LABEL_INSTANCE};
 use crate::error::{ApiError, Code};
 use crate::events::StateEvent;
-use crate::model::{ContainerState, TaskId, TaskState};
+use crate::model::{ContainerState, Stream, TaskId, TaskRecord, TaskState};
 use crate::spec::{self, ParseContext, Policy};
-use crate::store::{NewTask, Store, StoreError, TaskRecord, UpdateResult};
+use crate::store::{NewTask, Store, StoreError, UpdateResult};
 
+pub use error::RunnerError;
 use keep::KeptSet;
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::QueueFull(n) => ApiError::new(
-                Code::QueueFull,
-                format!("the queue is full ({n} tasks waiting); try again later"),
-            ),
-            other => {
-                tracing::error!(error = %other, "database error");
-                ApiError::new(Code::DatabaseUnavailable, other.to_string())
-            }
-        }
-    }
-}
 
 /// A running task's handle: cancelling it kills the task's process.
 struct Running {
@@ -158,16 +145,16 @@ impl Runner {
         &self,
         task_id: TaskId,
         spool: Arc<spool::Spool>,
-    ) -> impl Fn(crate::docker::Stream, &[u8]) + Send + Sync + use<> {
+    ) -> impl Fn(Stream, &[u8]) + Send + Sync + use<> {
         let events = self.store.events().clone();
-        move |stream: crate::docker::Stream, data: &[u8]| {
+        move |stream: Stream, data: &[u8]| {
             spool.push(stream, data);
             if events.has_output_listeners() {
-                let name = match stream {
-                    crate::docker::Stream::Stdout => "stdout",
-                    crate::docker::Stream::Stderr => "stderr",
-                };
-                events.publish_output(crate::events::OutputEvent::new(task_id, name, data));
+                events.publish_output(crate::events::OutputEvent::new(
+                    task_id,
+                    stream.as_str(),
+                    data,
+                ));
             }
         }
     }
@@ -182,7 +169,7 @@ impl Runner {
             return Err(DockerError::NoSuchContainer(cid.to_string()));
         }
         let attached = self.engine.attach(cid).await?;
-        let (agent, nonce) = Agent::new(attached, false);
+        let (agent, nonce) = Agent::new(transport(attached), false);
         // The answer to this first query is where the stream becomes readable.
         agent
             .query(nonce, Duration::from_secs(5))
@@ -270,13 +257,13 @@ impl Runner {
         &self,
         body: Value,
         reuse_of: Option<TaskId>,
-    ) -> Result<TaskRecord, ApiError> {
+    ) -> Result<TaskRecord, RunnerError> {
         let reuse_image = match reuse_of {
             Some(target) => Some(
                 self.store
                     .get(target)
                     .await?
-                    .ok_or_else(|| ApiError::no_task(target))?
+                    .ok_or(RunnerError::NoTask(target))?
                     .image,
             ),
             None => None,
@@ -384,20 +371,34 @@ impl Runner {
         id: TaskId,
         body: Value,
         merge: bool,
-    ) -> Result<TaskRecord, ApiError> {
+    ) -> Result<TaskRecord, RunnerError> {
         let policy = &self.policy;
+        let new_spec = |current: &TaskRecord| {
+            let raw = if merge {
+                let mut t = current.spec.clone();
+                spec::merge_patch(&mut t, &body);
+                t
+            } else {
+                body.clone()
+            };
+            let reuse_image = current.reused_container_of.map(|_| current.image.as_str());
+            spec::parse(raw, policy, ParseContext { reuse_image })
+        };
+        // The checks that take time (names resolved, archives unpacked) run before the
+        // write, on the spec as it would become, exactly as a submit's do: what POST refuses,
+        // PUT refuses too.
+        let current = self.store.get(id).await?.ok_or(RunnerError::NoTask(id))?;
+        if current.state.is_queued() {
+            let checked = new_spec(&current)?;
+            self.check_fetch_names(&checked).await?;
+            self.check_inline_archives(&checked).await?;
+        }
+        // Another update landing meanwhile changes nothing of that: a merge patch replaces
+        // `resource_list` whole, so every resource comes from a spec that was checked.
         let result = self
             .store
             .update_queued(id, |current| {
-                let raw = if merge {
-                    let mut t = current.spec.clone();
-                    spec::merge_patch(&mut t, &body);
-                    t
-                } else {
-                    body
-                };
-                let reuse_image = current.reused_container_of.map(|_| current.image.as_str());
-                let spec = spec::parse(raw, policy, ParseContext { reuse_image })?;
+                let spec = new_spec(current)?;
                 Ok::<_, ApiError>((spec.raw, spec.task_name, spec.image, spec.priority))
             })
             .await?;
@@ -407,20 +408,14 @@ impl Runner {
                 self.wake.notify_one();
                 Ok(r)
             }
-            UpdateResult::NotFound => Err(ApiError::no_task(id)),
-            UpdateResult::Started(r) => Err(ApiError::new(
-                Code::AlreadyStarted,
-                format!(
-                    "task {id} is {}: only a task that has not started can be updated",
-                    r.state
-                ),
-            )),
-            UpdateResult::Refused(e) => Err(e),
+            UpdateResult::NotFound => Err(RunnerError::NoTask(id)),
+            UpdateResult::Started(r) => Err(RunnerError::AlreadyStarted { id, state: r.state }),
+            UpdateResult::Refused(e) => Err(e.into()),
         }
     }
 
     /// `DELETE /fn/{id}`.
-    pub async fn delete(&self, id: TaskId, opts: DeleteOptions) -> Result<TaskRecord, ApiError> {
+    pub async fn delete(&self, id: TaskId, opts: DeleteOptions) -> Result<TaskRecord, RunnerError> {
         let mut record = self
             .cancel(id, !(opts.remove_container || opts.purge))
             .await?;
@@ -432,10 +427,7 @@ impl Runner {
             {
                 let cid = c.id.clone();
                 self.kept.remove(&cid);
-                self.engine
-                    .remove(&cid)
-                    .await
-                    .map_err(|e| ApiError::new(Code::DockerUnavailable, e.to_string()))?;
+                self.engine.remove(&cid).await?;
                 self.store
                     .set_container_state(&cid, ContainerState::Removed)
                     .await?;
@@ -450,25 +442,18 @@ impl Runner {
 
     /// Cancels a queued or running task and returns its record once it has ended. An ended
     /// task is a 409 when `refuse_ended`, else returned as it is.
-    async fn cancel(&self, id: TaskId, refuse_ended: bool) -> Result<TaskRecord, ApiError> {
+    async fn cancel(&self, id: TaskId, refuse_ended: bool) -> Result<TaskRecord, RunnerError> {
         let guard = self.claim_lock.lock().await;
         if let Some(r) = self.store.cancel_queued(id).await? {
             return Ok(r);
         }
-        let record = self
-            .store
-            .get(id)
-            .await?
-            .ok_or_else(|| ApiError::no_task(id))?;
+        let record = self.store.get(id).await?.ok_or(RunnerError::NoTask(id))?;
         if record.state.is_terminal() {
             if refuse_ended {
-                return Err(ApiError::new(
-                    Code::AlreadyEnded,
-                    format!(
-                        "task {id} already ended ({}); use ?remove_container=true or ?purge=true",
-                        record.state
-                    ),
-                ));
+                return Err(RunnerError::AlreadyEnded {
+                    id,
+                    state: record.state,
+                });
             }
             return Ok(record);
         }
@@ -482,12 +467,7 @@ impl Runner {
         }
         self.wait_ended(events, id, Duration::from_secs(60))
             .await?
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::CancelPending,
-                    format!("task {id} did not stop in time"),
-                )
-            })
+            .ok_or(RunnerError::CancelPending(id))
     }
 
     /// Waits, up to `wait`, for task `id` to reach a terminal state; `events` must have been
@@ -497,7 +477,7 @@ impl Runner {
         mut events: broadcast::Receiver<Arc<StateEvent>>,
         id: TaskId,
         wait: Duration,
-    ) -> Result<Option<TaskRecord>, ApiError> {
+    ) -> Result<Option<TaskRecord>, RunnerError> {
         let deadline = Instant::now() + wait;
         // The task may have ended before we subscribed.
         if let Some(r) = self.store.get(id).await?.filter(|r| r.state.is_terminal()) {
@@ -656,5 +636,14 @@ pub(crate) fn terminal_for_exit(code: Option<i64>) -> TaskState {
         TaskState::Finished
     } else {
         TaskState::Failed
+    }
+}
+
+/// The agent's ends of a container's attached stdio.
+fn transport(attached: crate::docker::Attached) -> crate::agent::Transport {
+    use futures_util::StreamExt;
+    crate::agent::Transport {
+        output: Box::pin(attached.output.map(|r| r.map_err(|e| e.to_string()))),
+        input: attached.input,
     }
 }

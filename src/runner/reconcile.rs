@@ -18,9 +18,8 @@ use super::spool::{self, Spool};
 use super::{Runner, Running};
 use crate::agent::{self, Agent, ExecResult};
 use crate::docker::{DockerError, LABEL_BOOT, LABEL_INSTANCE};
-use crate::model::{ContainerState, TaskState};
+use crate::model::{ContainerState, Outcome, TaskRecord, TaskState};
 use crate::spec::{self, ParseContext};
-use crate::store::{Outcome, TaskRecord};
 
 const RESTARTED: &str = "the server restarted while the task ran; its output was not captured";
 

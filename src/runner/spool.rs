@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::Stream;
-use crate::model::TaskId;
+use crate::model::{Stream, TaskId};
 use crate::store::Store;
 
 /// How often a running task's new output is written.

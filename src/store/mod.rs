@@ -6,14 +6,15 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::Mutex;
 
 use crate::events::{state_wire, Events, StateEvent, TaskSummary};
-use crate::model::{now_rfc3339, ContainerState, Locality, TaskId, TaskState};
+use crate::model::{
+    now_rfc3339, ContainerRef, ContainerState, Locality, Outcome, TaskId, TaskRecord, TaskState,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -25,41 +26,6 @@ pub enum StoreError {
     QueueFull(u32),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-}
-
-/// The task record of API.md section 2, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskRecord {
-    pub id: TaskId,
-    pub task_name: String,
-    pub state: TaskState,
-    pub image: String,
-    pub priority: i64,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    pub exit_code: Option<i64>,
-    pub stdout: String,
-    pub stderr: String,
-    pub output_truncated: bool,
-    pub error: Option<String>,
-    pub container: Option<ContainerRef>,
-    pub reused_container_of: Option<TaskId>,
-    pub locality: Option<Locality>,
-    pub spec: Value,
-    /// The Docker exec the task ran as (not shown in the API).
-    #[serde(skip)]
-    pub exec_id: Option<String>,
-    /// Raw bytes of stdout and of stderr stored so far (a running task's output is stored as
-    /// it comes; `stdout`/`stderr` are their text).
-    #[serde(skip)]
-    pub output_stored: (u64, u64),
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ContainerRef {
-    pub id: String,
-    pub state: ContainerState,
 }
 
 #[derive(sqlx::FromRow)]
@@ -153,16 +119,6 @@ pub struct NewTask<'a> {
     pub priority: i64,
     pub spec: &'a Value,
     pub reuse_of: Option<TaskId>,
-}
-
-/// How a task ended.
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    pub exit_code: Option<i64>,
-    pub stdout: String,
-    pub stderr: String,
-    pub output_truncated: bool,
-    pub error: Option<String>,
 }
 
 /// Filters of `GET /fn`.
