@@ -573,3 +573,29 @@ async fn clients_hanging_up_mid_request_leave_the_database_writable() {
     }
     server.stop().await;
 }
+
+/// A task costs four database writes, whether it gets a container of its own or is lent a
+/// kept one: accepted (RECEIVED and PENDING with their events), claimed, RUNNING (with its
+/// container and job), ended. `/readyz` counts the server's writes.
+#[tokio::test]
+async fn a_task_costs_four_writes() {
+    // No pruning of the event log during the count: that is a write of its own.
+    let server = Server::start_with(|c| c.event_prune_every = 3600).await;
+    let writes = || async { server.get("/readyz").await.body["database_writes"].as_u64() };
+    let before = writes().await.expect("readyz counts writes");
+    let t = server.run(&common::sh("echo cold")).await;
+    assert_eq!(t["state"], "FINISHED", "{t}");
+    let cold = writes().await.expect("writes") - before;
+    let daemon = server
+        .run(&json!({"task_name": "d", "image": common::BUSYBOX, "cmd_list": ["true"], "is_daemon": true}))
+        .await;
+    let id = daemon["id"].as_str().unwrap_or_default().to_string();
+    let before = writes().await.expect("writes");
+    let r = server
+        .post(&format!("/fn/{id}?wait=60"), &common::sh("echo warm"))
+        .await;
+    assert_eq!(r.body["locality"], "hit", "{}", r.body);
+    let warm = writes().await.expect("writes") - before;
+    assert_eq!((cold, warm), (4, 4), "writes of a cold and of a warm task");
+    server.stop().await;
+}

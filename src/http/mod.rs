@@ -282,7 +282,8 @@ async fn readyz(runner: Arc<Runner>) -> Response {
     }
     json_reply(
         StatusCode::OK,
-        &json!({"status": "ready", "docker": "ok", "database": "ok"}),
+        &json!({"status": "ready", "docker": "ok", "database": "ok",
+                "database_writes": runner.store().writes()}),
     )
 }
 

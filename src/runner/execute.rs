@@ -43,6 +43,8 @@ struct Placement {
     lent: bool,
     /// When the container's life (`ttl`) ends.
     expires_at: Instant,
+    /// For `POST /fn/{id}`: whether the container asked for was there.
+    locality: Option<Locality>,
     ttl: u64,
 }
 
@@ -124,7 +126,14 @@ impl Runner {
         let cid = placement.container.clone();
 
         let started = Instant::now();
-        if let Err(e) = self.store.mark_running(task.id).await {
+        // The job is recorded before it starts, with the container and RUNNING, in one
+        // write: a restarted server can always ask the agent how it ended.
+        let job = self.next_job();
+        if let Err(e) = self
+            .store
+            .mark_running(task.id, &cid, placement.locality, &format!("agent:{job}"))
+            .await
+        {
             self.drop_or_release(&placement).await;
             return Err(format!("could not record RUNNING: {e}"));
         }
@@ -146,12 +155,6 @@ impl Runner {
         let task_id = task.id;
         let spool = Arc::new(Spool::new(self.cfg.max_output_bytes, (0, 0)));
         let live_output = self.output_sink(task_id, spool.clone());
-        // The job is recorded before it starts, so a restarted server can always ask the
-        // agent how it ended.
-        let job = self.next_job();
-        if let Err(e) = self.store.set_exec(task_id, &format!("agent:{job}")).await {
-            tracing::warn!(task = %task_id, error = %e, "could not record the job id");
-        }
         let mut rx = match placement.agent.start(job, &req).await {
             Ok(rx) => rx,
             Err(e) => {
@@ -406,13 +409,6 @@ impl Runner {
                     _ = cancel.cancelled() => Err(self.stop_message(cancel)),
                 };
                 let prepared = prepared.inspect_err(|_| self.kept.release(&cid))?;
-                self.store
-                    .set_container(task.id, &cid, ContainerState::Ready, Some(Locality::Hit))
-                    .await
-                    .map_err(|e| {
-                        self.kept.release(&cid);
-                        e.to_string()
-                    })?;
                 if let Some(tar) = prepared.tar {
                     if let Err(e) = self.place_files(&cid, tar, &workdir).await {
                         self.kept.release(&cid);
@@ -426,6 +422,7 @@ impl Runner {
                     keep: keep_default(true),
                     lent: true,
                     expires_at: kept.expires_at,
+                    locality: Some(Locality::Hit),
                     ttl: spec.ttl.unwrap_or(self.cfg.default_ttl),
                 });
             }
@@ -485,10 +482,6 @@ impl Runner {
         let keep = keep_default(locality.is_some());
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} failed: {e}");
         let setup = async {
-            self.store
-                .set_container(task.id, &cid, ContainerState::Building, locality)
-                .await
-                .map_err(|e| fail("recording the container", &e))?;
             if let Some(tar) = prepared.tar {
                 self.place_files(&cid, tar, &workdir)
                     .await
@@ -512,10 +505,6 @@ impl Runner {
                 .start(&cid)
                 .await
                 .map_err(|e| fail("starting the container", &e))?;
-            self.store
-                .set_container(task.id, &cid, ContainerState::Ready, locality)
-                .await
-                .map_err(|e| fail("recording the container", &e))?;
             Ok::<Arc<Agent>, String>(agent)
         };
         let setup = setup.await.and_then(|agent| match cancel.is_cancelled() {
@@ -550,6 +539,7 @@ impl Runner {
             keep,
             lent: false,
             expires_at,
+            locality,
             ttl,
         })
     }

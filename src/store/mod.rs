@@ -135,6 +135,7 @@ pub struct Store {
     pool: SqlitePool,
     events: Events,
     write: std::sync::Arc<Mutex<()>>,
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 type Tx<'a> = Transaction<'a, Sqlite>;
@@ -158,7 +159,22 @@ impl Store {
             pool,
             events,
             write: std::sync::Arc::new(Mutex::new(())),
+            writes: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
+    }
+
+    /// The right to write, counted: every write (a transaction or a single statement) takes
+    /// it once, so [`Store::writes`] is the number of writes made.
+    async fn writer(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        let guard = self.write.lock().await;
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        guard
+    }
+
+    /// Writes made since the store was opened (the bench prints writes per task).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn events(&self) -> &Events {
@@ -173,7 +189,7 @@ impl Store {
     /// This database's instance id, made on first use: it labels the containers this server
     /// owns, so a restart finds its own and never touches another server's.
     pub async fn instance_id(&self) -> Result<String, StoreError> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance'")
@@ -206,19 +222,17 @@ impl Store {
     /// Writes the event row for a change made in `tx` and returns it for publishing after commit.
     async fn event_in(
         tx: &mut Tx<'_>,
-        id: &str,
+        task: TaskRecord,
         state: TaskState,
         at: &str,
     ) -> Result<StateEvent, StoreError> {
-        let task = Self::fetch_in(tx, id).await?.ok_or_else(|| {
-            StoreError::Corrupt(format!("task {id} vanished inside its own transaction"))
-        })?;
+        let id = task.id.to_string();
         let summary = serde_json::to_value(TaskSummary::from(&task))
             .map_err(|e| StoreError::Corrupt(format!("summary of task {id}: {e}")))?;
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?) RETURNING seq",
         )
-        .bind(id)
+        .bind(&id)
         .bind(state.as_str())
         .bind(at)
         .bind(summary.to_string())
@@ -231,6 +245,26 @@ impl Store {
             wire: state_wire(seq, task.id, state, at, &summary),
             task,
         })
+    }
+
+    /// One state change: `update` (an `UPDATE … WHERE … AND state IN (…) RETURNING` the
+    /// row's columns) and the change's event, in one write transaction. `None` when no row
+    /// matched (the task was not in a state the change starts from).
+    async fn transition(
+        &self,
+        to: TaskState,
+        at: &str,
+        update: sqlx::query::QueryAs<'_, Sqlite, TaskRow, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(row) = update.fetch_optional(&mut *tx).await? else {
+            return Ok(None);
+        };
+        let ev = Self::event_in(&mut tx, TaskRecord::try_from(row)?, to, at).await?;
+        let record = ev.task.clone();
+        self.commit_and_publish(tx, vec![ev]).await?;
+        Ok(Some(record))
     }
 
     async fn commit_and_publish(
@@ -262,7 +296,7 @@ impl Store {
         task: NewTask<'_>,
         max_queue: u32,
     ) -> Result<TaskRecord, StoreError> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let waiting: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state IN ('RECEIVED', 'PENDING')")
@@ -273,10 +307,11 @@ impl Store {
         }
         let id = task.id.to_string();
         let now = now_rfc3339();
-        sqlx::query(
+        let row: TaskRow = sqlx::query_as(concat!(
             "INSERT INTO tasks (id, task_name, state, image, priority, spec, created_at, reuse_of) \
-             VALUES (?, ?, 'RECEIVED', ?, ?, ?, ?, ?)",
-        )
+             VALUES (?, ?, 'RECEIVED', ?, ?, ?, ?, ?) RETURNING ",
+            columns!()
+        ))
         .bind(&id)
         .bind(task.task_name)
         .bind(task.image)
@@ -284,14 +319,18 @@ impl Store {
         .bind(task.spec.to_string())
         .bind(&now)
         .bind(task.reuse_of.map(|r| r.to_string()))
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        let received = Self::event_in(&mut tx, &id, TaskState::Received, &now).await?;
-        sqlx::query("UPDATE tasks SET state = 'PENDING' WHERE id = ?")
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
-        let pending = Self::event_in(&mut tx, &id, TaskState::Pending, &now_rfc3339()).await?;
+        let received = Self::event_in(&mut tx, row.try_into()?, TaskState::Received, &now).await?;
+        let row: TaskRow = sqlx::query_as(concat!(
+            "UPDATE tasks SET state = 'PENDING' WHERE id = ? RETURNING ",
+            columns!()
+        ))
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let pending =
+            Self::event_in(&mut tx, row.try_into()?, TaskState::Pending, &now_rfc3339()).await?;
         let record = pending.task.clone();
         self.commit_and_publish(tx, vec![received, pending]).await?;
         Ok(record)
@@ -300,54 +339,27 @@ impl Store {
     /// Claims the next PENDING task (highest priority, then oldest) and marks it STARTING,
     /// in one `UPDATE … RETURNING`.
     pub async fn claim_next(&self) -> Result<Option<TaskRecord>, StoreError> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let id: Option<String> = sqlx::query_scalar(
-            "UPDATE tasks SET state = 'STARTING', container_state = NULL \
-             WHERE num = (SELECT num FROM tasks WHERE state = 'PENDING' ORDER BY priority DESC, num ASC LIMIT 1) \
-             RETURNING id",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(id) = id else {
+        // A read first: the dispatcher asks until the queue is empty, and an empty claim
+        // would otherwise be a write transaction of its own. A task queued after this read
+        // wakes the dispatcher, which asks again.
+        let waiting: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM tasks WHERE state = 'PENDING' LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        if waiting.is_none() {
             return Ok(None);
-        };
-        let ev = Self::event_in(&mut tx, &id, TaskState::Starting, &now_rfc3339()).await?;
-        let record = ev.task.clone();
-        self.commit_and_publish(tx, vec![ev]).await?;
-        Ok(Some(record))
-    }
-
-    /// Records the container a task is in (no state change, so no event).
-    pub async fn set_container(
-        &self,
-        id: TaskId,
-        container_id: &str,
-        state: ContainerState,
-        locality: Option<Locality>,
-    ) -> Result<(), StoreError> {
-        let _w = self.write.lock().await;
-        sqlx::query(
-            "UPDATE tasks SET container_id = ?, container_state = ?, locality = ? WHERE id = ?",
+        }
+        self.transition(
+            TaskState::Starting,
+            &now_rfc3339(),
+            sqlx::query_as(concat!(
+                "UPDATE tasks SET state = 'STARTING', container_state = NULL \
+                 WHERE num = (SELECT num FROM tasks WHERE state = 'PENDING' \
+                 ORDER BY priority DESC, num ASC LIMIT 1) RETURNING ",
+                columns!()
+            )),
         )
-        .bind(container_id)
-        .bind(state.as_str())
-        .bind(locality.map(Locality::as_str))
-        .bind(id.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Records the Docker exec a task runs as.
-    pub async fn set_exec(&self, id: TaskId, exec_id: &str) -> Result<(), StoreError> {
-        let _w = self.write.lock().await;
-        sqlx::query("UPDATE tasks SET exec_id = ? WHERE id = ?")
-            .bind(exec_id)
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        .await
     }
 
     /// Tasks a previous run left STARTING or RUNNING.
@@ -364,22 +376,19 @@ impl Store {
 
     /// A STARTING task whose command never began goes back to the queue.
     pub async fn requeue(&self, id: TaskId) -> Result<bool, StoreError> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let done = sqlx::query(
-            "UPDATE tasks SET state = 'PENDING', container_id = NULL, container_state = NULL, locality = NULL \
-             WHERE id = ? AND state = 'STARTING'",
-        )
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        let ev =
-            Self::event_in(&mut tx, &id.to_string(), TaskState::Pending, &now_rfc3339()).await?;
-        self.commit_and_publish(tx, vec![ev]).await?;
-        Ok(true)
+        let requeued = self
+            .transition(
+                TaskState::Pending,
+                &now_rfc3339(),
+                sqlx::query_as(concat!(
+                    "UPDATE tasks SET state = 'PENDING', container_id = NULL, container_state = NULL, \
+                     locality = NULL WHERE id = ? AND state = 'STARTING' RETURNING ",
+                    columns!()
+                ))
+                .bind(id.to_string()),
+            )
+            .await?;
+        Ok(requeued.is_some())
     }
 
     /// Marks every task that used `container_id` with the container's new state.
@@ -388,7 +397,7 @@ impl Store {
         container_id: &str,
         state: ContainerState,
     ) -> Result<(), StoreError> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         sqlx::query("UPDATE tasks SET container_state = ? WHERE container_id = ?")
             .bind(state.as_str())
             .bind(container_id)
@@ -397,23 +406,32 @@ impl Store {
         Ok(())
     }
 
-    /// STARTING → RUNNING.
-    pub async fn mark_running(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+    /// STARTING → RUNNING, with the container the task runs in and the job it runs as (known
+    /// before the job starts, so a restarted server can always ask how it ended): one write.
+    pub async fn mark_running(
+        &self,
+        id: TaskId,
+        container: &str,
+        locality: Option<Locality>,
+        exec_id: &str,
+    ) -> Result<Option<TaskRecord>, StoreError> {
         let now = now_rfc3339();
-        let done = sqlx::query("UPDATE tasks SET state = 'RUNNING', started_at = ? WHERE id = ? AND state = 'STARTING'")
+        self.transition(
+            TaskState::Running,
+            &now,
+            sqlx::query_as(concat!(
+                "UPDATE tasks SET state = 'RUNNING', started_at = ?, container_id = ?, \
+                 container_state = 'ready', locality = ?, exec_id = ? \
+                 WHERE id = ? AND state = 'STARTING' RETURNING ",
+                columns!()
+            ))
             .bind(&now)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let ev = Self::event_in(&mut tx, &id.to_string(), TaskState::Running, &now).await?;
-        let record = ev.task.clone();
-        self.commit_and_publish(tx, vec![ev]).await?;
-        Ok(Some(record))
+            .bind(container)
+            .bind(locality.map(Locality::as_str))
+            .bind(exec_id)
+            .bind(id.to_string()),
+        )
+        .await
     }
 
     /// Appends output of a RUNNING task as it comes (no state change, so no event): `stdout`
@@ -427,7 +445,7 @@ impl Store {
         stored: (u64, u64),
         truncated: bool,
     ) -> Result<(), StoreError> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         sqlx::query(
             "UPDATE tasks SET stdout = stdout || ?, stderr = stderr || ?, stdout_bytes = ?, \
              stderr_bytes = ?, output_truncated = (output_truncated OR ?) \
@@ -452,53 +470,44 @@ impl Store {
         outcome: &Outcome,
         container_state: Option<ContainerState>,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_rfc3339();
-        let done = sqlx::query(
-            "UPDATE tasks SET state = ?, finished_at = ?, exit_code = ?, stdout = ?, stderr = ?, \
-             output_truncated = ?, error = ?, container_state = COALESCE(?, container_state) \
-             WHERE id = ? AND state IN ('STARTING', 'RUNNING')",
+        self.transition(
+            state,
+            &now,
+            sqlx::query_as(concat!(
+                "UPDATE tasks SET state = ?, finished_at = ?, exit_code = ?, stdout = ?, stderr = ?, \
+                 output_truncated = ?, error = ?, container_state = COALESCE(?, container_state) \
+                 WHERE id = ? AND state IN ('STARTING', 'RUNNING') RETURNING ",
+                columns!()
+            ))
+            .bind(state.as_str())
+            .bind(&now)
+            .bind(outcome.exit_code)
+            .bind(&outcome.stdout)
+            .bind(&outcome.stderr)
+            .bind(outcome.output_truncated)
+            .bind(&outcome.error)
+            .bind(container_state.map(ContainerState::as_str))
+            .bind(id.to_string()),
         )
-        .bind(state.as_str())
-        .bind(&now)
-        .bind(outcome.exit_code)
-        .bind(&outcome.stdout)
-        .bind(&outcome.stderr)
-        .bind(outcome.output_truncated)
-        .bind(&outcome.error)
-        .bind(container_state.map(ContainerState::as_str))
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let ev = Self::event_in(&mut tx, &id.to_string(), state, &now).await?;
-        let record = ev.task.clone();
-        self.commit_and_publish(tx, vec![ev]).await?;
-        Ok(Some(record))
+        .await
     }
 
     /// Cancels a task that has not started. `None` if it is not queued (or unknown).
     pub async fn cancel_queued(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        let _w = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_rfc3339();
-        let done = sqlx::query(
-            "UPDATE tasks SET state = 'CANCELLED', finished_at = ? WHERE id = ? AND state IN ('RECEIVED', 'PENDING')",
+        self.transition(
+            TaskState::Cancelled,
+            &now,
+            sqlx::query_as(concat!(
+                "UPDATE tasks SET state = 'CANCELLED', finished_at = ? \
+                 WHERE id = ? AND state IN ('RECEIVED', 'PENDING') RETURNING ",
+                columns!()
+            ))
+            .bind(&now)
+            .bind(id.to_string()),
         )
-        .bind(&now)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let ev = Self::event_in(&mut tx, &id.to_string(), TaskState::Cancelled, &now).await?;
-        let record = ev.task.clone();
-        self.commit_and_publish(tx, vec![ev]).await?;
-        Ok(Some(record))
+        .await
     }
 
     /// Replaces the spec of a task that has not started, reading the current spec and
@@ -512,7 +521,7 @@ impl Store {
     where
         F: FnOnce(&TaskRecord) -> Result<(Value, String, String, i64), E>,
     {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some(current) = Self::fetch_in(&mut tx, &id.to_string()).await? else {
             return Ok(UpdateResult::NotFound);
@@ -545,7 +554,7 @@ impl Store {
 
     /// Forgets an ended task. Its events stay in the log.
     pub async fn purge(&self, id: TaskId) -> Result<bool, StoreError> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let done = sqlx::query(
             "DELETE FROM tasks WHERE id = ? AND state IN ('FINISHED', 'FAILED', 'CANCELLED', 'EXPIRED')",
         )
@@ -635,7 +644,7 @@ impl Store {
     /// Drops events older than `retention`, but never the last event of a task that has not
     /// ended. Returns how many rows went.
     pub async fn prune_events(&self, retention: Retention) -> Result<u64, StoreError> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let cutoff: Option<i64> = match retention {
             Retention::Count(n) => {
@@ -686,16 +695,18 @@ impl Store {
 
     /// At start: queue what was received but not yet queued.
     pub async fn recover(&self) -> Result<(), StoreError> {
-        let _w = self.write.lock().await;
+        let _w = self.writer().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut events = Vec::new();
-        let received: Vec<String> = sqlx::query_scalar(
-            "UPDATE tasks SET state = 'PENDING' WHERE state = 'RECEIVED' RETURNING id",
-        )
+        let received: Vec<TaskRow> = sqlx::query_as(concat!(
+            "UPDATE tasks SET state = 'PENDING' WHERE state = 'RECEIVED' RETURNING ",
+            columns!()
+        ))
         .fetch_all(&mut *tx)
         .await?;
-        for id in received {
-            events.push(Self::event_in(&mut tx, &id, TaskState::Pending, &now_rfc3339()).await?);
+        for row in received {
+            let task = TaskRecord::try_from(row)?;
+            events.push(Self::event_in(&mut tx, task, TaskState::Pending, &now_rfc3339()).await?);
         }
         self.commit_and_publish(tx, events).await?;
         Ok(())
