@@ -3,6 +3,7 @@
 //! sha256-checked) and archives unpacked (tar, tar.gz, zip) with every entry path checked.
 //! Mount resources (tmpfs, bind) become container options instead.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
 use std::time::Duration;
@@ -212,23 +213,20 @@ pub async fn prepare(
                 extract,
             } => {
                 let path = resolve(dest)?;
-                let fetched;
-                let bytes: &[u8] = match source {
-                    Source::Inline(b) => b,
-                    Source::Uri { uri, sha256 } => {
-                        fetched =
-                            fetch(index, uri, sha256.as_deref(), http, limits.max_fetch_bytes)
-                                .await?;
-                        &fetched
-                    }
+                let bytes: Cow<'_, [u8]> = match source {
+                    Source::Inline(b) => Cow::Borrowed(b),
+                    Source::Uri { uri, sha256 } => Cow::Owned(
+                        fetch(index, uri, sha256.as_deref(), http, limits.max_fetch_bytes).await?,
+                    ),
                 };
                 if *extract {
-                    unpack(index, bytes, &path, &mut tar, limits.max_extract_bytes)?;
+                    let max = limits.max_extract_bytes;
+                    tar = unpack_blocking(index, bytes.into_owned(), path, tar, max).await?;
                 } else {
                     if path == "/" {
                         return Err(ResourceError::Dest { index, path });
                     }
-                    tar.file(&path, bytes, mode.unwrap_or(0o644))?;
+                    tar.file(&path, &bytes, mode.unwrap_or(0o644))?;
                 }
             }
         }
@@ -237,6 +235,28 @@ pub async fn prepare(
         out.tar = Some(tar.finish()?);
     }
     Ok(out)
+}
+
+/// [`unpack`] on a blocking thread, into `out`, which it hands back. An archive may unpack to
+/// `max_bytes` (512 MiB by default) of inflating and copying: on one of the runtime's threads
+/// that would stall every task scheduled there for as long. An inline archive is copied to
+/// get there, as the check at submission copies it. A start cancelled meanwhile drops the
+/// answer; the unpack itself runs to its end, which `max_bytes` bounds.
+async fn unpack_blocking(
+    index: usize,
+    bytes: Vec<u8>,
+    dir: String,
+    mut out: TarWriter,
+    max_bytes: u64,
+) -> Result<TarWriter, ResourceError> {
+    tokio::task::spawn_blocking(move || {
+        unpack(index, &bytes, &dir, &mut out, max_bytes).map(|()| out)
+    })
+    .await
+    .map_err(|e| ResourceError::Archive {
+        index,
+        reason: format!("unpacking stopped: {e}"),
+    })?
 }
 
 /// A client for `uri` resources: a whole-request timeout, at most five redirects, and no
@@ -655,6 +675,89 @@ mod tests {
             assert_eq!(got[0], ("work/in/a.txt".to_string(), b"A".to_vec()));
             assert_eq!(got[1], ("work/in/sub/b.txt".to_string(), b"BB".to_vec()));
         }
+    }
+
+    /// A spec whose one resource is `archive`, extracted at `/w`.
+    fn extracting(archive: Vec<u8>) -> TaskSpec {
+        TaskSpec {
+            task_name: "t".into(),
+            image: "i".into(),
+            cmd_list: vec!["true".into()],
+            pwd: None,
+            env: Default::default(),
+            resource_list: vec![Resource::File {
+                dest: "/w".into(),
+                source: Source::Inline(archive),
+                mode: None,
+                extract: true,
+            }],
+            stdin: None,
+            is_daemon: false,
+            ttl: None,
+            timeout: None,
+            rm: None,
+            priority: 0,
+            limits: Default::default(),
+            network: false,
+            raw: serde_json::Value::Null,
+        }
+    }
+
+    /// A large archive unpacks off the runtime: on a runtime of one thread, a timer still
+    /// fires while it unpacks. `prepare` is polled first (`biased`), so an unpack on the
+    /// runtime's thread would be done, timer or not, before the timer was looked at.
+    #[test]
+    fn prepare_unpacks_off_the_runtime() {
+        const SIZE: usize = 16 << 20;
+        let spec = extracting(make_tar(&[("big.bin", &vec![0u8; SIZE])], true));
+        let limits = FetchLimits {
+            max_fetch_bytes: 0,
+            max_extract_bytes: 2 * SIZE as u64,
+        };
+        let http = reqwest::Client::new();
+        let extra: &[(&str, &[u8], u32)] = &[("/.ufaas/agent", b"A", 0o755)];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let prepared = rt.block_on(async {
+            let mut prep = std::pin::pin!(prepare(&spec, "/", extra, &http, &limits));
+            let early = tokio::select! {
+                biased;
+                p = &mut prep => Some(p),
+                _ = tokio::time::sleep(Duration::from_millis(1)) => None,
+            };
+            assert!(
+                early.is_none(),
+                "the unpack held the runtime's only thread until it was done"
+            );
+            prep.await.expect("the archive unpacks")
+        });
+        let got = read_back(prepared.tar.expect("an upload"));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], (".ufaas/agent".to_string(), b"A".to_vec()));
+        assert_eq!(got[1].0, "w/big.bin");
+        assert!(got[1].1.len() == SIZE && got[1].1.iter().all(|b| *b == 0));
+    }
+
+    /// An archive over the cap is refused through `prepare` as through `unpack`, naming it.
+    #[tokio::test]
+    async fn prepare_refuses_an_archive_over_the_cap() {
+        let spec = extracting(make_tar(&[("big", &[b'x'; 2000])], true));
+        let limits = FetchLimits {
+            max_fetch_bytes: 0,
+            max_extract_bytes: 1000,
+        };
+        let e = prepare(&spec, "/", &[], &reqwest::Client::new(), &limits)
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|m| m.starts_with("resource_list[0]: archive: ")
+                    && m.contains("limit of 1000 bytes")),
+            "{e:?}"
+        );
     }
 
     #[test]

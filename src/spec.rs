@@ -441,7 +441,8 @@ pub struct ParseContext<'a> {
     pub reuse_image: Option<&'a str>,
 }
 
-/// Parses and checks a spec. Nothing is touched before this returns `Ok`.
+/// Parses and checks a spec. Nothing is touched before this returns `Ok`. The fields are
+/// checked in the order below, so a spec with several faults is refused for the first.
 pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<TaskSpec, ApiError> {
     strip_nulls(&mut raw);
     let obj = match &raw {
@@ -457,7 +458,41 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
         }
     };
     check_unknown(obj, TOP_FIELDS, "")?;
+    let task_name = parse_task_name(obj)?;
+    let image = parse_image(obj, ctx.reuse_image)?;
+    let cmd_list = parse_cmd_list(obj)?;
+    let pwd = parse_pwd(obj)?;
+    let env = parse_env(obj)?;
+    let resource_list = parse_resource_list(obj, pwd.as_deref(), policy, ctx)?;
+    let stdin = get_str(obj, "stdin", "stdin")?.map(str::to_string);
+    let is_daemon = get_bool(obj, "is_daemon", "is_daemon")?.unwrap_or(false);
+    let ttl = get_positive_int(obj, "ttl", "ttl", MAX_SECONDS)?;
+    let timeout = get_positive_int(obj, "timeout", "timeout", MAX_SECONDS)?;
+    let rm = get_bool(obj, "rm", "rm")?;
+    let priority = parse_priority(obj)?;
+    let limits = parse_limits(obj, policy)?;
+    let network = parse_network(obj, policy)?;
+    Ok(TaskSpec {
+        task_name,
+        image,
+        cmd_list,
+        pwd,
+        env,
+        resource_list,
+        stdin,
+        is_daemon,
+        ttl,
+        timeout,
+        rm,
+        priority,
+        limits,
+        network,
+        raw,
+    })
+}
 
+/// `task_name`: required; spaces become underscores; 1 to 127 characters, none a control.
+fn parse_task_name(obj: &Map<String, Value>) -> Result<String, ApiError> {
     let name = get_str(obj, "task_name", "task_name")?
         .ok_or_else(|| bad(Code::MissingField, "task_name", "`task_name` is required"))?;
     let task_name = name.replace(' ', "_");
@@ -476,8 +511,13 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
             "`task_name` must not contain control characters",
         ));
     }
+    Ok(task_name)
+}
 
-    let image = match (get_str(obj, "image", "image")?, ctx.reuse_image) {
+/// `image`: a valid reference; required unless the task reuses a container (`reuse`), whose
+/// image it then defaults to and, when given, must be.
+fn parse_image(obj: &Map<String, Value>, reuse: Option<&str>) -> Result<String, ApiError> {
+    let image = match (get_str(obj, "image", "image")?, reuse) {
         (Some(img), Some(reuse)) if img != reuse => {
             return Err(bad(
                 Code::ImageMismatch,
@@ -496,8 +536,13 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
             "`image` must be a valid Docker reference of 1 to 255 characters, without `!`",
         ));
     }
+    Ok(image)
+}
 
-    let cmd_list = match obj.get("cmd_list") {
+/// `cmd_list`: required, a non-empty array of strings without NUL whose first (the program)
+/// is not empty.
+fn parse_cmd_list(obj: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let items = match obj.get("cmd_list") {
         None => {
             return Err(bad(
                 Code::MissingField,
@@ -505,228 +550,255 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
                 "`cmd_list` is required",
             ))
         }
-        Some(Value::Array(items)) => {
-            if items.is_empty() {
-                return Err(bad(
-                    Code::InvalidValue,
-                    "cmd_list",
-                    "`cmd_list` must hold at least the program to run",
-                ));
-            }
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let field = format!("cmd_list[{i}]");
-                match item {
-                    Value::String(s) => {
-                        no_nul(s, &field)?;
-                        out.push(s.clone());
-                    }
-                    other => return Err(wrong_type(&field, "a string", other)),
-                }
-            }
-            if out[0].is_empty() {
-                return Err(bad(
-                    Code::InvalidValue,
-                    "cmd_list[0]",
-                    "the program to run must not be empty",
-                ));
-            }
-            out
-        }
+        Some(Value::Array(items)) => items,
         Some(other) => return Err(wrong_type("cmd_list", "an array of strings", other)),
     };
-
-    let pwd = match get_str(obj, "pwd", "pwd")? {
-        None => None,
-        Some(p) => {
-            no_nul(p, "pwd")?;
-            if !p.starts_with('/') {
-                return Err(bad(
-                    Code::InvalidValue,
-                    "pwd",
-                    "`pwd` must be an absolute path",
-                ));
-            }
-            let resolved = resolve_dest("/", p)
-                .ok_or_else(|| bad(Code::InvalidValue, "pwd", "`pwd` must not contain `..`"))?;
-            if p.len() > 4096 {
-                return Err(bad(Code::InvalidValue, "pwd", "`pwd` is too long"));
-            }
-            Some(resolved)
-        }
-    };
-
-    let mut env = BTreeMap::new();
-    match obj.get("env") {
-        None => {}
-        Some(Value::Object(map)) => {
-            for (key, value) in map {
-                let field = format!("env.{key}");
-                let mut chars = key.chars();
-                let key_ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-                    && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if !key_ok {
-                    return Err(bad(
-                        Code::InvalidEnvName,
-                        &field,
-                        format!("environment name `{key}` must match [A-Za-z_][A-Za-z0-9_]*"),
-                    ));
-                }
-                let text = match value {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    Value::Bool(b) => b.to_string(),
-                    other => return Err(wrong_type(&field, "a string, number or boolean", other)),
-                };
-                no_nul(&text, &field)?;
-                env.insert(key.clone(), text);
-            }
-        }
-        Some(other) => return Err(wrong_type("env", "an object", other)),
+    if items.is_empty() {
+        return Err(bad(
+            Code::InvalidValue,
+            "cmd_list",
+            "`cmd_list` must hold at least the program to run",
+        ));
     }
-
-    let resource_list = match obj.get("resource_list") {
-        None => Vec::new(),
-        Some(Value::Array(items)) => {
-            if items.len() > MAX_RESOURCES {
-                return Err(bad(
-                    Code::TooManyResources,
-                    "resource_list",
-                    format!(
-                        "`resource_list` may hold at most {MAX_RESOURCES} entries, not {}",
-                        items.len()
-                    ),
-                ));
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("cmd_list[{i}]");
+        match item {
+            Value::String(s) => {
+                no_nul(s, &field)?;
+                out.push(s.clone());
             }
-            let mut inline_total: u64 = 0;
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let res = parse_resource(item, i, pwd.as_deref(), policy)?;
-                if let Resource::File {
-                    source: Source::Inline(bytes),
-                    ..
-                } = &res
-                {
-                    inline_total += bytes.len() as u64;
-                    if inline_total > policy.max_inline_bytes {
-                        return Err(ApiError::new(Code::PayloadTooLarge,
-                            format!(
-                                "inline resources add up to more than the server's limit of {} bytes",
-                                policy.max_inline_bytes
-                            ),
-                        )
-                        .with_field(format!("resource_list[{i}].data")));
-                    }
-                }
-                if ctx.reuse_image.is_some() && res.is_mount() {
-                    return Err(bad(Code::MountOnReuse,
-                        &format!("resource_list[{i}]"),
-                        "tmpfs and bind resources cannot be added to a running container: give them to the task that creates it",
-                    ));
-                }
-                out.push(res);
-            }
-            out
+            other => return Err(wrong_type(&field, "a string", other)),
         }
+    }
+    if out[0].is_empty() {
+        return Err(bad(
+            Code::InvalidValue,
+            "cmd_list[0]",
+            "the program to run must not be empty",
+        ));
+    }
+    Ok(out)
+}
+
+/// `pwd`: an absolute path without `..`, normalised.
+fn parse_pwd(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    let Some(p) = get_str(obj, "pwd", "pwd")? else {
+        return Ok(None);
+    };
+    no_nul(p, "pwd")?;
+    if !p.starts_with('/') {
+        return Err(bad(
+            Code::InvalidValue,
+            "pwd",
+            "`pwd` must be an absolute path",
+        ));
+    }
+    let resolved = resolve_dest("/", p)
+        .ok_or_else(|| bad(Code::InvalidValue, "pwd", "`pwd` must not contain `..`"))?;
+    if p.len() > 4096 {
+        return Err(bad(Code::InvalidValue, "pwd", "`pwd` is too long"));
+    }
+    Ok(Some(resolved))
+}
+
+/// `env`: an object of shell-style names; numbers and booleans become their JSON text.
+fn parse_env(obj: &Map<String, Value>) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut env = BTreeMap::new();
+    let map = match obj.get("env") {
+        None => return Ok(env),
+        Some(Value::Object(map)) => map,
+        Some(other) => return Err(wrong_type("env", "an object", other)),
+    };
+    for (key, value) in map {
+        let field = format!("env.{key}");
+        let mut chars = key.chars();
+        let key_ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !key_ok {
+            return Err(bad(
+                Code::InvalidEnvName,
+                &field,
+                format!("environment name `{key}` must match [A-Za-z_][A-Za-z0-9_]*"),
+            ));
+        }
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => return Err(wrong_type(&field, "a string, number or boolean", other)),
+        };
+        no_nul(&text, &field)?;
+        env.insert(key.clone(), text);
+    }
+    Ok(env)
+}
+
+/// `resource_list`: at most [`MAX_RESOURCES`] resources, whose inline bytes add up to at most
+/// the policy's cap; no mounts on a reused container (it is running already).
+fn parse_resource_list(
+    obj: &Map<String, Value>,
+    pwd: Option<&str>,
+    policy: &Policy,
+    ctx: ParseContext<'_>,
+) -> Result<Vec<Resource>, ApiError> {
+    let items = match obj.get("resource_list") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
         Some(other) => return Err(wrong_type("resource_list", "an array", other)),
     };
-
-    let stdin = get_str(obj, "stdin", "stdin")?.map(str::to_string);
-    let is_daemon = get_bool(obj, "is_daemon", "is_daemon")?.unwrap_or(false);
-    let ttl = get_positive_int(obj, "ttl", "ttl", MAX_SECONDS)?;
-    let timeout = get_positive_int(obj, "timeout", "timeout", MAX_SECONDS)?;
-    let rm = get_bool(obj, "rm", "rm")?;
-    let priority = match obj.get("priority") {
-        None => 0,
-        Some(v @ Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
-            (Some(p), _) if (-1_000_000..=1_000_000).contains(&p) => p,
-            (Some(_), _) | (None, Some(_)) => {
-                return Err(bad(
-                    Code::InvalidValue,
-                    "priority",
-                    format!("`priority` must be from -1000000 to 1000000, not {n}"),
-                ))
-            }
-            _ => return Err(wrong_type("priority", "a whole number", v)),
-        },
-        Some(other) => return Err(wrong_type("priority", "a whole number", other)),
-    };
-
-    let limits = match obj.get("limits") {
-        None => Limits::default(),
-        Some(Value::Object(map)) => {
-            check_unknown(map, &["memory_mb", "cpus", "pids"], "limits")?;
-            let memory_mb = get_positive_int(map, "memory_mb", "limits.memory_mb", u64::MAX)?;
-            if let Some(m) = memory_mb {
-                if m > policy.max_memory_mb {
-                    return Err(bad(
-                        Code::LimitExceeded,
-                        "limits.memory_mb",
-                        format!(
-                            "`limits.memory_mb` may be at most {} on this server",
-                            policy.max_memory_mb
-                        ),
-                    ));
-                }
-                if m < 6 {
-                    return Err(bad(
-                        Code::InvalidValue,
-                        "limits.memory_mb",
-                        "`limits.memory_mb` must be at least 6 (Docker's minimum)",
-                    ));
-                }
-            }
-            let cpus = match map.get("cpus") {
-                None => None,
-                Some(v @ Value::Number(n)) => match n.as_f64() {
-                    Some(c) if c > 0.0 && c.is_finite() => {
-                        if c > policy.max_cpus {
-                            return Err(bad(
-                                Code::LimitExceeded,
-                                "limits.cpus",
-                                format!(
-                                    "`limits.cpus` may be at most {} on this server",
-                                    policy.max_cpus
-                                ),
-                            ));
-                        }
-                        if c < 0.01 {
-                            return Err(bad(
-                                Code::InvalidValue,
-                                "limits.cpus",
-                                "`limits.cpus` must be at least 0.01",
-                            ));
-                        }
-                        Some(c)
-                    }
-                    _ => return Err(wrong_type("limits.cpus", "a number greater than 0", v)),
-                },
-                Some(other) => {
-                    return Err(wrong_type("limits.cpus", "a number greater than 0", other))
-                }
-            };
-            let pids = get_positive_int(map, "pids", "limits.pids", u64::MAX)?;
-            if let Some(p) = pids {
-                if p > policy.max_pids {
-                    return Err(bad(
-                        Code::LimitExceeded,
-                        "limits.pids",
-                        format!(
-                            "`limits.pids` may be at most {} on this server",
-                            policy.max_pids
-                        ),
-                    ));
-                }
-            }
-            Limits {
-                memory_mb,
-                cpus,
-                pids,
+    if items.len() > MAX_RESOURCES {
+        return Err(bad(
+            Code::TooManyResources,
+            "resource_list",
+            format!(
+                "`resource_list` may hold at most {MAX_RESOURCES} entries, not {}",
+                items.len()
+            ),
+        ));
+    }
+    let mut inline_total: u64 = 0;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let res = parse_resource(item, i, pwd, policy)?;
+        if let Resource::File {
+            source: Source::Inline(bytes),
+            ..
+        } = &res
+        {
+            inline_total += bytes.len() as u64;
+            if inline_total > policy.max_inline_bytes {
+                return Err(ApiError::new(
+                    Code::PayloadTooLarge,
+                    format!(
+                        "inline resources add up to more than the server's limit of {} bytes",
+                        policy.max_inline_bytes
+                    ),
+                )
+                .with_field(format!("resource_list[{i}].data")));
             }
         }
+        if ctx.reuse_image.is_some() && res.is_mount() {
+            return Err(bad(
+                Code::MountOnReuse,
+                &format!("resource_list[{i}]"),
+                "tmpfs and bind resources cannot be added to a running container: give them to \
+                 the task that creates it",
+            ));
+        }
+        out.push(res);
+    }
+    Ok(out)
+}
+
+/// `priority`: a whole number from -1000000 to 1000000, 0 when not given.
+fn parse_priority(obj: &Map<String, Value>) -> Result<i64, ApiError> {
+    match obj.get("priority") {
+        None => Ok(0),
+        Some(v @ Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
+            (Some(p), _) if (-1_000_000..=1_000_000).contains(&p) => Ok(p),
+            (Some(_), _) | (None, Some(_)) => Err(bad(
+                Code::InvalidValue,
+                "priority",
+                format!("`priority` must be from -1000000 to 1000000, not {n}"),
+            )),
+            _ => Err(wrong_type("priority", "a whole number", v)),
+        },
+        Some(other) => Err(wrong_type("priority", "a whole number", other)),
+    }
+}
+
+/// `limits`: `memory_mb`, `cpus` and `pids`, each within what the policy allows.
+fn parse_limits(obj: &Map<String, Value>, policy: &Policy) -> Result<Limits, ApiError> {
+    let map = match obj.get("limits") {
+        None => return Ok(Limits::default()),
+        Some(Value::Object(map)) => map,
         Some(other) => return Err(wrong_type("limits", "an object", other)),
     };
+    check_unknown(map, &["memory_mb", "cpus", "pids"], "limits")?;
+    Ok(Limits {
+        memory_mb: parse_memory_mb(map, policy)?,
+        cpus: parse_cpus(map, policy)?,
+        pids: parse_pids(map, policy)?,
+    })
+}
 
+/// `limits.memory_mb`: from Docker's minimum of 6 to the policy's maximum.
+fn parse_memory_mb(limits: &Map<String, Value>, policy: &Policy) -> Result<Option<u64>, ApiError> {
+    let memory_mb = get_positive_int(limits, "memory_mb", "limits.memory_mb", u64::MAX)?;
+    if let Some(m) = memory_mb {
+        if m > policy.max_memory_mb {
+            return Err(bad(
+                Code::LimitExceeded,
+                "limits.memory_mb",
+                format!(
+                    "`limits.memory_mb` may be at most {} on this server",
+                    policy.max_memory_mb
+                ),
+            ));
+        }
+        if m < 6 {
+            return Err(bad(
+                Code::InvalidValue,
+                "limits.memory_mb",
+                "`limits.memory_mb` must be at least 6 (Docker's minimum)",
+            ));
+        }
+    }
+    Ok(memory_mb)
+}
+
+/// `limits.cpus`: a number from 0.01 to the policy's maximum.
+fn parse_cpus(limits: &Map<String, Value>, policy: &Policy) -> Result<Option<f64>, ApiError> {
+    let (v, n) = match limits.get("cpus") {
+        None => return Ok(None),
+        Some(v @ Value::Number(n)) => (v, n),
+        Some(other) => return Err(wrong_type("limits.cpus", "a number greater than 0", other)),
+    };
+    let c = match n.as_f64() {
+        Some(c) if c > 0.0 && c.is_finite() => c,
+        _ => return Err(wrong_type("limits.cpus", "a number greater than 0", v)),
+    };
+    if c > policy.max_cpus {
+        return Err(bad(
+            Code::LimitExceeded,
+            "limits.cpus",
+            format!(
+                "`limits.cpus` may be at most {} on this server",
+                policy.max_cpus
+            ),
+        ));
+    }
+    if c < 0.01 {
+        return Err(bad(
+            Code::InvalidValue,
+            "limits.cpus",
+            "`limits.cpus` must be at least 0.01",
+        ));
+    }
+    Ok(Some(c))
+}
+
+/// `limits.pids`: at most the policy's maximum.
+fn parse_pids(limits: &Map<String, Value>, policy: &Policy) -> Result<Option<u64>, ApiError> {
+    let pids = get_positive_int(limits, "pids", "limits.pids", u64::MAX)?;
+    if let Some(p) = pids {
+        if p > policy.max_pids {
+            return Err(bad(
+                Code::LimitExceeded,
+                "limits.pids",
+                format!(
+                    "`limits.pids` may be at most {} on this server",
+                    policy.max_pids
+                ),
+            ));
+        }
+    }
+    Ok(pids)
+}
+
+/// `network`: false unless given, and true only where the policy allows it.
+fn parse_network(obj: &Map<String, Value>, policy: &Policy) -> Result<bool, ApiError> {
     let network = get_bool(obj, "network", "network")?.unwrap_or(false);
     if network && !policy.allow_network {
         return Err(ApiError::new(
@@ -735,24 +807,7 @@ pub fn parse(mut raw: Value, policy: &Policy, ctx: ParseContext<'_>) -> Result<T
         )
         .with_field("network"));
     }
-
-    Ok(TaskSpec {
-        task_name,
-        image,
-        cmd_list,
-        pwd,
-        env,
-        resource_list,
-        stdin,
-        is_daemon,
-        ttl,
-        timeout,
-        rm,
-        priority,
-        limits,
-        network,
-        raw,
-    })
+    Ok(network)
 }
 
 /// Host paths that hold the container engine's socket or state: a task given any of them, or
@@ -777,6 +832,40 @@ const FILE_FIELDS: &[&str] = &[
     "sha256",
 ];
 
+/// The kinds of resource, each named by the one key that sets it apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ResourceKind {
+    Data,
+    Uri,
+    Tmpfs,
+    Bind,
+}
+
+impl ResourceKind {
+    const ALL: [(&'static str, ResourceKind); 4] = [
+        ("data", ResourceKind::Data),
+        ("uri", ResourceKind::Uri),
+        ("tmpfs", ResourceKind::Tmpfs),
+        ("bind", ResourceKind::Bind),
+    ];
+
+    /// The kind of the resource `obj`: it must have exactly one of the four keys.
+    fn of(obj: &Map<String, Value>, prefix: &str) -> Result<Self, ApiError> {
+        let mut kinds = ResourceKind::ALL
+            .into_iter()
+            .filter(|(key, _)| obj.contains_key(*key));
+        match (kinds.next(), kinds.next()) {
+            (Some((_, kind)), None) => Ok(kind),
+            _ => Err(bad(
+                Code::InvalidResource,
+                prefix,
+                "a resource must have exactly one of `data`, `uri`, `tmpfs` or `bind`",
+            )),
+        }
+    }
+}
+
+/// `resource_list[i]`: an object of one [`ResourceKind`] with a checked `dest`.
 fn parse_resource(
     item: &Value,
     i: usize,
@@ -788,199 +877,242 @@ fn parse_resource(
         Value::Object(o) => o,
         other => return Err(wrong_type(&prefix, "an object", other)),
     };
+    let kind = ResourceKind::of(obj, &prefix)?;
+    let field = format!("{prefix}.dest");
+    let dest = get_str(obj, "dest", &field)?
+        .ok_or_else(|| bad(Code::MissingField, &field, "a resource needs a `dest`"))?;
+    check_dest(dest, pwd, &field)?;
+    let dest = dest.to_string();
+    match kind {
+        ResourceKind::Tmpfs => parse_tmpfs(obj, dest, pwd, policy, &prefix),
+        ResourceKind::Bind => parse_bind(obj, dest, policy, &prefix),
+        ResourceKind::Data | ResourceKind::Uri => parse_file(obj, kind, dest, pwd, policy, &prefix),
+    }
+}
+
+/// Whether `dest` (relative to `pwd`) is the root itself.
+fn is_root(pwd: Option<&str>, dest: &str) -> bool {
+    resolve_dest(pwd.unwrap_or("/"), dest).as_deref() == Some("/")
+}
+
+/// A tmpfs resource: `tmpfs: true`, an optional `size` (up to the policy's cap) and `mode`;
+/// never on `/`.
+fn parse_tmpfs(
+    obj: &Map<String, Value>,
+    dest: String,
+    pwd: Option<&str>,
+    policy: &Policy,
+    prefix: &str,
+) -> Result<Resource, ApiError> {
     let f = |name: &str| format!("{prefix}.{name}");
-    let kinds: Vec<&str> = ["data", "uri", "tmpfs", "bind"]
-        .into_iter()
-        .filter(|k| obj.contains_key(*k))
-        .collect();
-    if kinds.len() != 1 {
+    check_unknown(obj, &["dest", "tmpfs", "size", "mode"], prefix)?;
+    if get_bool(obj, "tmpfs", &f("tmpfs"))? != Some(true) {
+        return Err(bad(Code::InvalidValue, &f("tmpfs"), "`tmpfs` must be true"));
+    }
+    let size = get_positive_int(obj, "size", &f("size"), u64::MAX)?;
+    if let Some(s) = size {
+        if s > policy.max_tmpfs_bytes {
+            return Err(ApiError::new(
+                Code::PayloadTooLarge,
+                format!(
+                    "tmpfs size may be at most {} bytes on this server",
+                    policy.max_tmpfs_bytes
+                ),
+            )
+            .with_field(f("size")));
+        }
+    }
+    let mode = parse_mode(obj, &f("mode"))?;
+    if is_root(pwd, &dest) {
         return Err(bad(
-            Code::InvalidResource,
-            &prefix,
-            "a resource must have exactly one of `data`, `uri`, `tmpfs` or `bind`",
+            Code::InvalidDest,
+            &f("dest"),
+            "a tmpfs cannot be mounted on /",
         ));
     }
-    let dest = get_str(obj, "dest", &f("dest"))?
-        .ok_or_else(|| bad(Code::MissingField, &f("dest"), "a resource needs a `dest`"))?;
-    check_dest(dest, pwd, &f("dest"))?;
-    let dest = dest.to_string();
+    Ok(Resource::Tmpfs { dest, size, mode })
+}
 
-    match kinds[0] {
-        "tmpfs" => {
-            check_unknown(obj, &["dest", "tmpfs", "size", "mode"], &prefix)?;
-            if get_bool(obj, "tmpfs", &f("tmpfs"))? != Some(true) {
-                return Err(bad(Code::InvalidValue, &f("tmpfs"), "`tmpfs` must be true"));
-            }
-            let size = get_positive_int(obj, "size", &f("size"), u64::MAX)?;
-            if let Some(s) = size {
-                if s > policy.max_tmpfs_bytes {
-                    return Err(ApiError::new(
-                        Code::PayloadTooLarge,
-                        format!(
-                            "tmpfs size may be at most {} bytes on this server",
-                            policy.max_tmpfs_bytes
-                        ),
-                    )
-                    .with_field(f("size")));
-                }
-            }
-            let mode = parse_mode(obj, &f("mode"))?;
-            if resolve_dest(pwd.unwrap_or("/"), &dest).as_deref() == Some("/") {
+/// A bind resource: a host path under the policy's allow-list and clear of the engine's
+/// paths ([`ENGINE_PATHS`]), read-only unless `readonly: false`.
+fn parse_bind(
+    obj: &Map<String, Value>,
+    dest: String,
+    policy: &Policy,
+    prefix: &str,
+) -> Result<Resource, ApiError> {
+    let f = |name: &str| format!("{prefix}.{name}");
+    check_unknown(obj, &["dest", "bind", "readonly"], prefix)?;
+    let host = get_str(obj, "bind", &f("bind"))?.unwrap_or_default();
+    no_nul(host, &f("bind"))?;
+    let readonly = get_bool(obj, "readonly", &f("readonly"))?.unwrap_or(true);
+    let host_norm = if host.starts_with('/') {
+        resolve_dest("/", host)
+    } else {
+        None
+    };
+    let allowed = host_norm.as_ref().is_some_and(|h| {
+        policy
+            .bind_allow
+            .iter()
+            .any(|a| std::path::Path::new(h).starts_with(a))
+    });
+    let exposes_engine = host_norm.as_ref().is_some_and(|h| {
+        ENGINE_PATHS.iter().any(|p| {
+            std::path::Path::new(p).starts_with(h) || std::path::Path::new(h).starts_with(p)
+        })
+    });
+    if exposes_engine {
+        return Err(ApiError::new(
+            Code::BindNotAllowed,
+            format!("host path `{host}` would expose the container engine; it is never mounted"),
+        )
+        .with_field(f("bind")));
+    }
+    if !allowed {
+        return Err(ApiError::new(
+            Code::BindNotAllowed,
+            format!("host path `{host}` is not on this server's bind allow-list"),
+        )
+        .with_field(f("bind")));
+    }
+    Ok(Resource::Bind {
+        dest,
+        host: host_norm.unwrap_or_default(),
+        readonly,
+    })
+}
+
+/// A file resource (`data` or `uri`, by `kind`): its `mode`, `extract` and source; a file
+/// that is not extracted cannot be written at `/`.
+fn parse_file(
+    obj: &Map<String, Value>,
+    kind: ResourceKind,
+    dest: String,
+    pwd: Option<&str>,
+    policy: &Policy,
+    prefix: &str,
+) -> Result<Resource, ApiError> {
+    let f = |name: &str| format!("{prefix}.{name}");
+    check_unknown(obj, FILE_FIELDS, prefix)?;
+    let mode = parse_mode(obj, &f("mode"))?;
+    let extract = get_bool(obj, "extract", &f("extract"))?.unwrap_or(false);
+    get_str(obj, "content_type", &f("content_type"))?;
+    let source = if kind == ResourceKind::Uri {
+        parse_uri_source(obj, policy, prefix)?
+    } else {
+        parse_inline_source(obj, prefix)?
+    };
+    if !extract && is_root(pwd, &dest) {
+        return Err(bad(
+            Code::InvalidDest,
+            &f("dest"),
+            "a file cannot be written at /",
+        ));
+    }
+    Ok(Resource::File {
+        dest,
+        source,
+        mode,
+        extract,
+    })
+}
+
+/// A `uri` source: an http or https URL whose host the fetch guard allows, with an optional
+/// `sha256` (kept in lower case); no `encoding`.
+fn parse_uri_source(
+    obj: &Map<String, Value>,
+    policy: &Policy,
+    prefix: &str,
+) -> Result<Source, ApiError> {
+    let f = |name: &str| format!("{prefix}.{name}");
+    if obj.contains_key("encoding") {
+        return Err(bad(
+            Code::UnknownField,
+            &f("encoding"),
+            "`encoding` goes with `data`, not `uri`",
+        ));
+    }
+    let uri = get_str(obj, "uri", &f("uri"))?.unwrap_or_default();
+    let parsed = reqwest::Url::parse(uri).map_err(|e| {
+        bad(
+            Code::InvalidUri,
+            &f("uri"),
+            format!("`uri` is not a URL: {e}"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad(
+            Code::InvalidUri,
+            &f("uri"),
+            "`uri` must be an http or https URL with a host",
+        ));
+    }
+    if let Err(why) = policy
+        .fetch_guard
+        .check_host(parsed.host_str().unwrap_or_default())
+    {
+        return Err(ApiError::new(
+            Code::UriNotAllowed,
+            format!(
+                "`uri` may not be fetched: {why} (the operator can allow it with --allow-fetch)"
+            ),
+        )
+        .with_field(f("uri")));
+    }
+    let sha256 = match get_str(obj, "sha256", &f("sha256"))? {
+        None => None,
+        Some(h) => {
+            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(bad(
-                    Code::InvalidDest,
-                    &f("dest"),
-                    "a tmpfs cannot be mounted on /",
+                    Code::InvalidValue,
+                    &f("sha256"),
+                    "`sha256` must be 64 hex digits",
                 ));
             }
-            Ok(Resource::Tmpfs { dest, size, mode })
+            Some(h.to_ascii_lowercase())
         }
-        "bind" => {
-            check_unknown(obj, &["dest", "bind", "readonly"], &prefix)?;
-            let host = get_str(obj, "bind", &f("bind"))?.unwrap_or_default();
-            no_nul(host, &f("bind"))?;
-            let readonly = get_bool(obj, "readonly", &f("readonly"))?.unwrap_or(true);
-            let host_norm = if host.starts_with('/') {
-                resolve_dest("/", host)
-            } else {
-                None
-            };
-            let allowed = host_norm.as_ref().is_some_and(|h| {
-                policy
-                    .bind_allow
-                    .iter()
-                    .any(|a| std::path::Path::new(h).starts_with(a))
-            });
-            let exposes_engine = host_norm.as_ref().is_some_and(|h| {
-                ENGINE_PATHS.iter().any(|p| {
-                    std::path::Path::new(p).starts_with(h) || std::path::Path::new(h).starts_with(p)
-                })
-            });
-            if exposes_engine {
-                return Err(ApiError::new(
-                    Code::BindNotAllowed,
-                    format!(
-                        "host path `{host}` would expose the container engine; it is never mounted"
-                    ),
-                )
-                .with_field(f("bind")));
-            }
-            if !allowed {
-                return Err(ApiError::new(
-                    Code::BindNotAllowed,
-                    format!("host path `{host}` is not on this server's bind allow-list"),
-                )
-                .with_field(f("bind")));
-            }
-            Ok(Resource::Bind {
-                dest,
-                host: host_norm.unwrap_or_default(),
-                readonly,
-            })
+    };
+    Ok(Source::Uri {
+        uri: uri.to_string(),
+        sha256,
+    })
+}
+
+/// A `data` source: text, or base64 (whitespace ignored) with `encoding: "base64"`; no
+/// `sha256`.
+fn parse_inline_source(obj: &Map<String, Value>, prefix: &str) -> Result<Source, ApiError> {
+    let f = |name: &str| format!("{prefix}.{name}");
+    if obj.contains_key("sha256") {
+        return Err(bad(
+            Code::UnknownField,
+            &f("sha256"),
+            "`sha256` goes with `uri`, not `data`",
+        ));
+    }
+    let data = get_str(obj, "data", &f("data"))?.unwrap_or_default();
+    match get_str(obj, "encoding", &f("encoding"))? {
+        None | Some("text") | Some("utf-8") | Some("utf8") => {
+            Ok(Source::Inline(data.as_bytes().to_vec()))
         }
-        kind => {
-            check_unknown(obj, FILE_FIELDS, &prefix)?;
-            let mode = parse_mode(obj, &f("mode"))?;
-            let extract = get_bool(obj, "extract", &f("extract"))?.unwrap_or(false);
-            get_str(obj, "content_type", &f("content_type"))?;
-            let source = if kind == "uri" {
-                if obj.contains_key("encoding") {
-                    return Err(bad(
-                        Code::UnknownField,
-                        &f("encoding"),
-                        "`encoding` goes with `data`, not `uri`",
-                    ));
-                }
-                let uri = get_str(obj, "uri", &f("uri"))?.unwrap_or_default();
-                let parsed = reqwest::Url::parse(uri).map_err(|e| {
+        Some("base64") => {
+            let cleaned: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(cleaned.as_bytes())
+                .map_err(|e| {
                     bad(
-                        Code::InvalidUri,
-                        &f("uri"),
-                        format!("`uri` is not a URL: {e}"),
+                        Code::InvalidBase64,
+                        &f("data"),
+                        format!("`data` is not valid base64: {e}"),
                     )
                 })?;
-                if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                    return Err(bad(
-                        Code::InvalidUri,
-                        &f("uri"),
-                        "`uri` must be an http or https URL with a host",
-                    ));
-                }
-                if let Err(why) = policy
-                    .fetch_guard
-                    .check_host(parsed.host_str().unwrap_or_default())
-                {
-                    return Err(ApiError::new(Code::UriNotAllowed,
-                        format!("`uri` may not be fetched: {why} (the operator can allow it with --allow-fetch)"),
-                    )
-                    .with_field(f("uri")));
-                }
-                let sha256 = match get_str(obj, "sha256", &f("sha256"))? {
-                    None => None,
-                    Some(h) => {
-                        if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                            return Err(bad(
-                                Code::InvalidValue,
-                                &f("sha256"),
-                                "`sha256` must be 64 hex digits",
-                            ));
-                        }
-                        Some(h.to_ascii_lowercase())
-                    }
-                };
-                Source::Uri {
-                    uri: uri.to_string(),
-                    sha256,
-                }
-            } else {
-                if obj.contains_key("sha256") {
-                    return Err(bad(
-                        Code::UnknownField,
-                        &f("sha256"),
-                        "`sha256` goes with `uri`, not `data`",
-                    ));
-                }
-                let data = get_str(obj, "data", &f("data"))?.unwrap_or_default();
-                match get_str(obj, "encoding", &f("encoding"))? {
-                    None | Some("text") | Some("utf-8") | Some("utf8") => {
-                        Source::Inline(data.as_bytes().to_vec())
-                    }
-                    Some("base64") => {
-                        let cleaned: String =
-                            data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-                        let bytes = base64::engine::general_purpose::STANDARD
-                            .decode(cleaned.as_bytes())
-                            .map_err(|e| {
-                                bad(
-                                    Code::InvalidBase64,
-                                    &f("data"),
-                                    format!("`data` is not valid base64: {e}"),
-                                )
-                            })?;
-                        Source::Inline(bytes)
-                    }
-                    Some(other) => {
-                        return Err(bad(
-                            Code::InvalidValue,
-                            &f("encoding"),
-                            format!("`encoding` must be \"base64\" or \"text\", not \"{other}\""),
-                        ))
-                    }
-                }
-            };
-            if !extract && resolve_dest(pwd.unwrap_or("/"), &dest).as_deref() == Some("/") {
-                return Err(bad(
-                    Code::InvalidDest,
-                    &f("dest"),
-                    "a file cannot be written at /",
-                ));
-            }
-            Ok(Resource::File {
-                dest,
-                source,
-                mode,
-                extract,
-            })
+            Ok(Source::Inline(bytes))
         }
+        Some(other) => Err(bad(
+            Code::InvalidValue,
+            &f("encoding"),
+            format!("`encoding` must be \"base64\" or \"text\", not \"{other}\""),
+        )),
     }
 }
 

@@ -132,30 +132,65 @@ struct Refused(ApiError);
 
 impl warp::reject::Reject for Refused {}
 
+/// An oversize body's 413. It goes out with `Connection: close`: the body is not read to its
+/// end, so the connection cannot carry another request.
+#[derive(Debug)]
+struct TooLarge(ApiError);
+
+impl warp::reject::Reject for TooLarge {}
+
+/// How far past the limit an oversize body is read (and thrown away) before its 413 goes
+/// out, and for how long at most. A client that sends its whole body before it reads the
+/// answer (Python's `urllib`, curl without `Expect`) otherwise meets a socket closed with
+/// bytes unread, which the kernel answers with a reset: the client sees a broken pipe, never
+/// the 413. Bounded in bytes and in time, as nginx's lingering close is, so a client that
+/// never stops sending cannot hold the task.
+const DRAIN_BYTES: u64 = 8 << 20;
+/// See [`DRAIN_BYTES`].
+const DRAIN_TIME: Duration = Duration::from_secs(3);
+
 /// The request body, up to `limit` bytes: 413 as soon as `Content-Length` or the bytes read
-/// pass it, so an oversize body is never read whole. A request with no body (no
-/// `Content-Length`, no chunks) is an empty body, as HTTP/1.1 says.
+/// pass it, so an oversize body is never kept (see [`DRAIN_BYTES`] for what is read of it).
+/// A request with no body (no `Content-Length`, no chunks) is an empty body, as HTTP/1.1
+/// says.
 fn body_limited(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
+        .and(warp::header::headers_cloned().map(|h: header::HeaderMap| {
+            h.get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        }))
         .and(warp::body::stream())
-        .and_then(move |len, stream| read_body(limit, len, stream))
+        .and_then(move |len, expects_continue, stream| {
+            read_body(limit, len, expects_continue, stream)
+        })
 }
 
-async fn read_body<S, B>(limit: u64, len: Option<u64>, stream: S) -> Result<Bytes, Rejection>
+async fn read_body<S, B>(
+    limit: u64,
+    len: Option<u64>,
+    expects_continue: bool,
+    stream: S,
+) -> Result<Bytes, Rejection>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
     let too_large = || {
-        warp::reject::custom(Refused(ApiError::new(
+        warp::reject::custom(TooLarge(ApiError::new(
             Code::PayloadTooLarge,
             format!("the request body is larger than the server's limit of {limit} bytes"),
         )))
     };
-    if len.is_some_and(|n| n > limit) {
+    let mut stream = Box::pin(stream);
+    if let Some(n) = len.filter(|&n| n > limit) {
+        // Refused on its header, nothing read. A client that asked `Expect: 100-continue`
+        // sends nothing until told to (hyper says 100 only once the body is polled), and a
+        // body past the drain's bound would end in a reset anyway: either is answered at once.
+        if !expects_continue && n <= limit.saturating_add(DRAIN_BYTES) {
+            drain(stream, 0, limit).await;
+        }
         return Err(too_large());
     }
-    let mut stream = Box::pin(stream);
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|e| {
@@ -164,7 +199,10 @@ where
                 format!("reading the body failed: {e}"),
             )))
         })?;
-        if (buf.len() + chunk.remaining()) as u64 > limit {
+        let seen = (buf.len() + chunk.remaining()) as u64;
+        if seen > limit {
+            drop(buf);
+            drain(stream, seen, limit).await;
             return Err(too_large());
         }
         while chunk.has_remaining() {
@@ -175,6 +213,31 @@ where
         }
     }
     Ok(buf.freeze())
+}
+
+/// Reads and throws away the rest of an oversize body of which `seen` bytes were read: up to
+/// [`DRAIN_BYTES`] past `limit` in all, for [`DRAIN_TIME`] at most, or to its end or first
+/// error, whichever comes first.
+async fn drain<S, B>(mut stream: std::pin::Pin<Box<S>>, mut seen: u64, limit: u64)
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let bound = limit.saturating_add(DRAIN_BYTES);
+    let read = async {
+        while seen <= bound {
+            match stream.next().await {
+                Some(Ok(chunk)) => seen += chunk.remaining() as u64,
+                Some(Err(_)) | None => return,
+            }
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIME, read).await.is_err() {
+        tracing::debug!(
+            seen,
+            "gave up reading an oversize body after {DRAIN_TIME:?}"
+        );
+    }
 }
 
 /// Runs a command that writes on a task of its own. A client that hangs up drops its
@@ -472,7 +535,10 @@ async fn delete_task(raw_id: String, runner: Arc<Runner>, q: Query) -> Response 
 /// Turns warp's own rejections (no route, wrong method, body too large …) into the JSON
 /// error body.
 async fn recover(rej: Rejection) -> Result<Response, Infallible> {
+    let too_large = rej.find::<TooLarge>();
     let e = if let Some(Refused(e)) = rej.find::<Refused>() {
+        e.clone()
+    } else if let Some(TooLarge(e)) = too_large {
         e.clone()
     } else if rej.is_not_found() {
         ApiError::new(Code::NotFound, "no such route")
@@ -505,6 +571,12 @@ async fn recover(rej: Rejection) -> Result<Response, Infallible> {
         ApiError::internal(format!("unhandled: {rej:?}"))
     };
     let mut resp = error_reply(e);
+    if too_large.is_some() {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     if resp.status() == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
