@@ -1,16 +1,18 @@
 //! Client subcommands: `ufaas watch` prints events as they come, `ufaas run` submits a spec
-//! (and with `--follow` streams its events and output until it ends).
+//! (and with `--follow` streams its events and output until it ends). Both talk to the server
+//! through [`crate::client`]; what is here decides what to print and the exit code.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{Client, ClientError, Event, EventStream, Frame, OutputStream, TOKEN_HINT};
+use crate::model::{TaskId, TaskState};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServerArg {
@@ -23,52 +25,30 @@ pub struct ServerArg {
     pub token: Option<String>,
 }
 
-/// Hint printed when the server answers 401.
-const TOKEN_HINT: &str = "the server wants a valid API token: pass --token or set UFAAS_TOKEN";
-
 impl ServerArg {
-    /// The `Authorization` header value, when a token is given.
-    fn authorization(&self) -> anyhow::Result<Option<HeaderValue>> {
-        let token = self.token.as_deref().map(str::trim);
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return Ok(None);
-        };
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| anyhow!("--token may only hold visible ASCII characters"))?;
-        value.set_sensitive(true);
-        Ok(Some(value))
+    /// A client for the server, with the token.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.server, self.token.clone()).map_err(|e| match e {
+            // Name the flag the user can fix.
+            ClientError::InvalidToken => anyhow!("--token may only hold visible ASCII characters"),
+            e => e.into(),
+        })
     }
+}
 
-    /// Opens the WebSocket at `url`, with the token on the handshake.
-    async fn connect(
-        &self,
-        url: &str,
-    ) -> anyhow::Result<
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    > {
-        let mut request = url
-            .into_client_request()
-            .with_context(|| format!("bad WebSocket URL {url}"))?;
-        if let Some(value) = self.authorization()? {
-            request.headers_mut().insert(header::AUTHORIZATION, value);
-        }
-        match tokio_tungstenite::connect_async(request).await {
-            Ok((socket, _)) => Ok(socket),
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp))
-                if resp.status() == StatusCode::UNAUTHORIZED =>
-            {
-                let message = resp
-                    .body()
-                    .as_deref()
-                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-                    .and_then(|v| v["message"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "401 Unauthorized".into());
-                bail!("connecting to {url}: {message}; {TOKEN_HINT}")
-            }
-            Err(e) => Err(e).with_context(|| format!("connecting to {url}")),
-        }
+/// Opens the event stream, with the URL in the message when it fails.
+async fn open_events(
+    client: &Client,
+    since: Option<i64>,
+    tasks: &[TaskId],
+    output: bool,
+) -> anyhow::Result<EventStream> {
+    let url = client.events_url(since, tasks, output)?;
+    match client.events(since, tasks, output).await {
+        Ok(events) => Ok(events),
+        // One line: the server's reason and what to do about it.
+        Err(e @ ClientError::Unauthorized { .. }) => bail!("connecting to {url}: {e}"),
+        Err(e) => Err(e).with_context(|| format!("connecting to {url}")),
     }
 }
 
@@ -104,85 +84,75 @@ pub struct RunArgs {
     pub json: bool,
 }
 
-fn ws_url(server: &str, query: &[(&str, String)]) -> anyhow::Result<String> {
-    let mut url =
-        reqwest::Url::parse(server).with_context(|| format!("bad server URL `{server}`"))?;
-    let scheme = match url.scheme() {
-        "http" => "ws",
-        "https" => "wss",
-        other => bail!("server URL must be http or https, not {other}"),
-    };
-    url.set_scheme(scheme)
-        .map_err(|_| anyhow!("cannot make a WebSocket URL of {server}"))?;
-    url.set_path("/fn/ws");
-    {
-        let mut pairs = url.query_pairs_mut();
-        for (k, v) in query {
-            pairs.append_pair(k, v);
-        }
-    }
-    Ok(url.to_string())
-}
-
-/// One readable line for an event.
-pub fn describe(ev: &Value) -> String {
-    match ev["event"].as_str() {
-        Some("state") => {
-            let t = &ev["task"];
+/// One readable line for an event: state changes and output chunks in words, any other
+/// frame as its JSON.
+pub fn describe(frame: &Frame) -> String {
+    match &frame.event {
+        Event::State {
+            seq,
+            task_id,
+            state,
+            at,
+            task,
+        } => {
+            // `as_str`: the width pads it, which TaskState's Display would not.
             let mut line = format!(
-                "{} #{} {} {:<9} {}",
-                ev["at"].as_str().unwrap_or("?"),
-                ev["seq"],
-                ev["task_id"].as_str().unwrap_or("?"),
-                ev["state"].as_str().unwrap_or("?"),
-                t["task_name"].as_str().unwrap_or(""),
+                "{at} #{seq} {task_id} {:<9} {}",
+                state.as_str(),
+                task.task_name
             );
-            if let Some(code) = t["exit_code"].as_i64() {
+            if let Some(code) = task.exit_code {
                 line.push_str(&format!(" exit={code}"));
             }
-            if let Some(err) = t["error"].as_str() {
+            if let Some(err) = &task.error {
                 line.push_str(&format!(" error={err:?}"));
             }
             line
         }
-        Some("output") => format!(
-            "{} {}| {}",
-            ev["task_id"].as_str().unwrap_or("?"),
-            ev["stream"].as_str().unwrap_or("?"),
-            ev["data"].as_str().unwrap_or("").trim_end_matches('\n')
+        Event::Output {
+            task_id,
+            stream,
+            data,
+        } => format!(
+            "{task_id} {}| {}",
+            stream_name(*stream),
+            data.trim_end_matches('\n')
         ),
-        _ => ev.to_string(),
+        Event::Other(v) => v.to_string(),
+        // Known but not worth words: shown as JSON, as unknown ones are.
+        _ => serde_json::from_str::<Value>(&frame.text)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| frame.text.clone()),
+    }
+}
+
+fn stream_name(s: OutputStream) -> &'static str {
+    match s {
+        OutputStream::Stdout => "stdout",
+        OutputStream::Stderr => "stderr",
     }
 }
 
 /// `ufaas watch`: prints events until the server closes the connection. A `lagged` close is
 /// resumed at once from the last seq seen, so nothing is missed.
 pub async fn watch(args: WatchArgs) -> anyhow::Result<i32> {
-    for t in &args.tasks {
-        uuid::Uuid::parse_str(t).with_context(|| format!("--task {t} is not a task id"))?;
-    }
+    let tasks = args
+        .tasks
+        .iter()
+        .map(|t| {
+            t.parse::<TaskId>()
+                .with_context(|| format!("--task {t} is not a task id"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let client = args.server.client()?;
     let mut since = args.since;
     loop {
-        let mut query: Vec<(&str, String)> =
-            args.tasks.iter().map(|t| ("task", t.clone())).collect();
-        if let Some(s) = since {
-            query.push(("since", s.to_string()));
-        }
-        if args.output {
-            query.push(("output", "true".into()));
-        }
-        let url = ws_url(&args.server.server, &query)?;
-        let mut socket = args.server.connect(&url).await?;
+        let mut events = open_events(&client, since, &tasks, args.output).await?;
         let mut resume = false;
-        while let Some(msg) = socket.next().await {
-            let text = match msg.context("reading from the server")? {
-                Message::Text(t) => t.to_string(),
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let ev: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
-            match ev["event"].as_str() {
-                Some("lagged") => {
+        while let Some(frame) = events.next().await {
+            let frame = frame.context("reading from the server")?;
+            match frame.event {
+                Event::Lagged => {
                     eprintln!(
                         "ufaas: fell behind; resuming from seq {}",
                         since.unwrap_or(0)
@@ -190,16 +160,20 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<i32> {
                     resume = true;
                     break;
                 }
-                Some("resync_required") => {
+                Event::ResyncRequired => {
                     eprintln!("ufaas: seq {} is older than the stored events; start again without --since", since.unwrap_or(0));
                     return Ok(2);
                 }
                 _ => {}
             }
-            if let Some(seq) = ev["seq"].as_i64() {
+            if let Some(seq) = frame.seq() {
                 since = Some(seq);
             }
-            let line = if args.json { text } else { describe(&ev) };
+            let line = if args.json {
+                frame.text
+            } else {
+                describe(&frame)
+            };
             let mut out = std::io::stdout().lock();
             if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
                 return Ok(0);
@@ -213,16 +187,13 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// The exit code `ufaas run` ends with for a task record or summary.
-pub fn exit_code_for(task: &Value) -> i32 {
-    match task["state"].as_str() {
-        Some("FINISHED") => 0,
-        Some("EXPIRED") => 124,
-        Some("CANCELLED") => 130,
-        _ => task["exit_code"]
-            .as_i64()
-            .map(|c| c.clamp(1, 255) as i32)
-            .unwrap_or(1),
+/// The exit code `ufaas run` ends with for a task in `state` with `exit_code`.
+pub fn exit_code_for(state: TaskState, exit_code: Option<i64>) -> i32 {
+    match state {
+        TaskState::Finished => 0,
+        TaskState::Expired => 124,
+        TaskState::Cancelled => 130,
+        _ => exit_code.map(|c| c.clamp(1, 255) as i32).unwrap_or(1),
     }
 }
 
@@ -235,70 +206,73 @@ fn read_spec(path: &PathBuf) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }
 
+/// How long `ufaas run` without `--follow` has the server hold the answer: the longest it
+/// allows.
+const RUN_WAIT: Duration = Duration::from_secs(crate::http::MAX_WAIT_SECONDS as u64);
+
 /// `ufaas run SPEC.json [--follow]`: exits with the task's exit code (124 expired, 130
-/// cancelled, 1 failed without one).
+/// cancelled, 1 failed without one, 2 refused).
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let spec = read_spec(&args.spec)?;
+    let client = args.server.client()?;
     if !args.follow {
-        let url = format!("{}/fn?wait=3600", args.server.server.trim_end_matches('/'));
-        let mut request = reqwest::Client::new().post(&url).json(&spec);
-        if let Some(value) = args.server.authorization()? {
-            request = request.header(header::AUTHORIZATION, value);
-        }
-        let resp = request.send().await?;
-        let status = resp.status();
-        let body: Value = resp.json().await.context("reading the server's answer")?;
-        println!("{}", serde_json::to_string_pretty(&body)?);
-        if status.as_u16() == 401 {
-            eprintln!("ufaas: {TOKEN_HINT}");
-        }
-        if !status.is_success() {
-            return Ok(2);
-        }
-        return Ok(exit_code_for(&body));
+        return match client.submit_and_wait(&spec, RUN_WAIT).await {
+            Ok(task) => {
+                // Through a Value, so that the keys come out in the order the server's JSON
+                // prints in (sorted), not in the struct's.
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::to_value(&task)?)?
+                );
+                Ok(exit_code_for(task.state, task.exit_code))
+            }
+            Err(e) => {
+                // A refusal prints the server's error body; anything else is an error.
+                let Some(body) = e.body() else {
+                    return Err(e.into());
+                };
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                if matches!(e, ClientError::Unauthorized { .. }) {
+                    eprintln!("ufaas: {TOKEN_HINT}");
+                }
+                Ok(2)
+            }
+        };
     }
     // Start filtered to no real task (the nil id): the submitted task joins the filter, so
     // only its own events and output come, however busy the server is.
-    let nil = uuid::Uuid::nil().to_string();
-    let url = ws_url(
-        &args.server.server,
-        &[("task", nil), ("output", "true".into())],
-    )?;
-    let mut socket = args.server.connect(&url).await?;
-    socket
-        .send(Message::text(
-            json!({"op": "submit", "ref": "run", "spec": spec}).to_string(),
-        ))
-        .await?;
-    let mut task_id: Option<String> = None;
-    while let Some(msg) = socket.next().await {
-        let text = match msg.context("reading from the server")? {
-            Message::Text(t) => t,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let ev: Value = serde_json::from_str(&text)?;
-        match ev["event"].as_str() {
-            Some("submitted") => {
-                let id = ev["task_id"].as_str().unwrap_or_default().to_string();
+    let nil = TaskId(uuid::Uuid::nil());
+    let mut events = open_events(&client, None, &[nil], true).await?;
+    events.submit(&spec, Some(json!("run"))).await?;
+    let mut task_id: Option<TaskId> = None;
+    while let Some(frame) = events.next().await {
+        let frame = frame.context("reading from the server")?;
+        match &frame.event {
+            Event::Submitted { task_id: id, .. } => {
                 eprintln!("ufaas: submitted {id}");
-                task_id = Some(id);
+                task_id = Some(*id);
             }
-            Some("error") => {
+            Event::Error {
+                code,
+                message,
+                field,
+                ..
+            } => {
                 eprintln!(
-                    "ufaas: refused: {} ({}{})",
-                    ev["message"].as_str().unwrap_or("?"),
-                    ev["code"].as_str().unwrap_or("?"),
-                    ev["field"]
-                        .as_str()
+                    "ufaas: refused: {message} ({code}{})",
+                    field
+                        .as_deref()
                         .map(|f| format!(", field {f}"))
                         .unwrap_or_default()
                 );
                 return Ok(2);
             }
-            Some("output") if ev["task_id"].as_str() == task_id.as_deref() => {
-                let data = ev["data"].as_str().unwrap_or_default();
-                if ev["stream"] == "stderr" {
+            Event::Output {
+                task_id: id,
+                stream,
+                data,
+            } if Some(*id) == task_id => {
+                if *stream == OutputStream::Stderr {
                     let mut e = std::io::stderr().lock();
                     let _ = e.write_all(data.as_bytes()).and_then(|_| e.flush());
                 } else {
@@ -306,21 +280,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                     let _ = o.write_all(data.as_bytes()).and_then(|_| o.flush());
                 }
             }
-            Some("state") if ev["task_id"].as_str() == task_id.as_deref() => {
+            Event::State {
+                task_id: id,
+                state,
+                task,
+                ..
+            } if Some(*id) == task_id => {
                 if args.json {
-                    eprintln!("{text}");
+                    eprintln!("{}", frame.text);
                 } else {
-                    eprintln!("ufaas: {}", describe(&ev));
+                    eprintln!("ufaas: {}", describe(&frame));
                 }
-                let state = ev["state"].as_str().unwrap_or_default();
-                if matches!(state, "FINISHED" | "FAILED" | "CANCELLED" | "EXPIRED") {
-                    let _ = socket.close(None).await;
-                    return Ok(exit_code_for(&ev["task"]));
+                if state.is_terminal() {
+                    let _ = events.close().await;
+                    return Ok(exit_code_for(task.state, task.exit_code));
                 }
             }
-            Some("lagged") => bail!(
+            Event::Lagged => bail!(
                 "the connection fell behind; see the task with GET /fn/{}",
-                task_id.unwrap_or_default()
+                task_id.map(|id| id.to_string()).unwrap_or_default()
             ),
             _ => {}
         }
@@ -334,33 +312,36 @@ mod tests {
 
     #[test]
     fn exit_codes_follow_the_state() {
-        assert_eq!(
-            exit_code_for(&json!({"state": "FINISHED", "exit_code": 0})),
-            0
-        );
-        assert_eq!(
-            exit_code_for(&json!({"state": "FAILED", "exit_code": 3})),
-            3
-        );
-        assert_eq!(
-            exit_code_for(&json!({"state": "FAILED", "exit_code": null})),
-            1
-        );
-        assert_eq!(exit_code_for(&json!({"state": "EXPIRED"})), 124);
-        assert_eq!(exit_code_for(&json!({"state": "CANCELLED"})), 130);
+        assert_eq!(exit_code_for(TaskState::Finished, Some(0)), 0);
+        assert_eq!(exit_code_for(TaskState::Failed, Some(3)), 3);
+        assert_eq!(exit_code_for(TaskState::Failed, Some(300)), 255);
+        assert_eq!(exit_code_for(TaskState::Failed, None), 1);
+        assert_eq!(exit_code_for(TaskState::Running, None), 1);
+        assert_eq!(exit_code_for(TaskState::Expired, None), 124);
+        assert_eq!(exit_code_for(TaskState::Cancelled, None), 130);
     }
 
     #[test]
-    fn ws_urls() {
-        let u = ws_url(
-            "http://127.0.0.1:8080/",
-            &[("since", "3".into()), ("task", "a".into())],
-        )
-        .ok();
+    fn events_are_described_in_one_line() {
+        let id = TaskId::new();
+        let frame = |v: Value| Frame::parse(v.to_string());
+        let state = frame(json!({
+            "seq": 9, "event": "state", "task_id": id, "state": "FAILED", "at": "T",
+            "task": {"id": id, "task_name": "job", "state": "FAILED", "image": "i",
+                     "priority": 0, "created_at": "a", "started_at": null, "finished_at": null,
+                     "exit_code": 3, "error": "boom", "output_truncated": false,
+                     "container": null, "reused_container_of": null, "locality": null}
+        }));
         assert_eq!(
-            u.as_deref(),
-            Some("ws://127.0.0.1:8080/fn/ws?since=3&task=a")
+            describe(&state),
+            format!("T #9 {id} FAILED    job exit=3 error=\"boom\"")
         );
-        assert!(ws_url("ftp://x", &[]).is_err());
+        let out =
+            frame(json!({"event": "output", "task_id": id, "stream": "stdout", "data": "hi\n"}));
+        assert_eq!(describe(&out), format!("{id} stdout| hi"));
+        let other = frame(json!({"event": "output_lagged", "dropped": 2}));
+        assert_eq!(describe(&other), r#"{"dropped":2,"event":"output_lagged"}"#);
+        let unknown = frame(json!({"event": "new", "b": 1, "a": 2}));
+        assert_eq!(describe(&unknown), r#"{"a":2,"b":1,"event":"new"}"#);
     }
 }

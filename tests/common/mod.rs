@@ -1,6 +1,10 @@
 //! Test harness: a real server started in-process on port 0 with a temporary SQLite file,
 //! driving the real Docker engine. Waits poll the API with a deadline; nothing sleeps to
 //! synchronise.
+//!
+//! Records are read through [`ufaas::client::Client`], the client the CLI uses
+//! ([`Server::client`]); the helpers that hand tests a `Value` give that client's record as
+//! JSON. `http` stays for tests that send what no well-behaved client would.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -10,7 +14,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use ufaas::client::{Client, Task};
 use ufaas::config::ServeConfig;
+use ufaas::model::TaskId;
 
 pub const BUSYBOX: &str = "ufaas/busybox:latest";
 pub const PYTHON: &str = "ufaas/python:3";
@@ -19,6 +25,7 @@ pub const NODE: &str = "ufaas/node:18";
 pub struct Server {
     pub base: String,
     pub http: reqwest::Client,
+    client: Client,
     pub db: std::path::PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -67,11 +74,11 @@ impl Server {
     }
 
     pub async fn start_on(cfg: ServeConfig, dir: tempfile::TempDir) -> Server {
-        Self::start_client(cfg, dir, reqwest::Client::new()).await
+        Self::start_client(cfg, dir, reqwest::Client::new(), None).await
     }
 
     /// Starts a server that wants `Authorization: Bearer {token}` (`tweak` may add more
-    /// tokens); `http`, and so every helper, sends that token.
+    /// tokens); `http` and the client, and so every helper, send that token.
     pub async fn start_authed(token: &str, tweak: impl FnOnce(&mut ServeConfig)) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cfg = ServeConfig::defaults();
@@ -87,13 +94,14 @@ impl Server {
             .default_headers(headers)
             .build()
             .expect("client");
-        Self::start_client(cfg, dir, http).await
+        Self::start_client(cfg, dir, http, Some(token.to_string())).await
     }
 
     async fn start_client(
         cfg: ServeConfig,
         dir: tempfile::TempDir,
         http: reqwest::Client,
+        token: Option<String>,
     ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -104,25 +112,21 @@ impl Server {
         let handle = tokio::spawn(ufaas::serve(cfg, listener, async move {
             let _ = rx.await;
         }));
+        let base = format!("http://{addr}");
+        let client = Client::new(&base, token).expect("client");
         let server = Server {
-            base: format!("http://{addr}"),
+            base,
             db,
             http,
+            client,
             shutdown: Some(tx),
             handle: Some(handle),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = server
-                .http
-                .get(format!("{}/healthz", server.base))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    break;
-                }
+            if server.client.health().await.is_ok() {
+                break;
             }
             assert!(Instant::now() < deadline, "server did not come up");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -146,6 +150,11 @@ impl Server {
         );
         let dir = tempfile::tempdir().expect("temp dir");
         std::mem::replace(&mut self._dir, dir)
+    }
+
+    /// The typed client, talking to this server with its token.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -208,50 +217,86 @@ impl Server {
         self.send(self.http.delete(self.url(path))).await
     }
 
-    /// Submits a spec and returns the new task's id, asserting 201.
+    /// Submits a spec and returns the new task's id, failing the test on a refusal.
     pub async fn submit(&self, spec: &Value) -> String {
-        let r = self.post("/fn", spec).await;
-        assert_eq!(r.status, 201, "submit answered {}", r.body);
-        r.id()
+        match self.client.submit(spec).await {
+            Ok(t) => t.id.to_string(),
+            Err(e) => panic!("submit answered {e}"),
+        }
     }
 
     /// Submits with `?wait=` long enough for any test task and returns the ended record.
+    pub async fn run_task(&self, spec: &Value) -> Task {
+        match self
+            .client
+            .submit_and_wait(spec, Duration::from_secs(120))
+            .await
+        {
+            Ok(t) if t.state.is_terminal() => t,
+            Ok(t) => panic!("the task did not end within the wait: {}", json_of(&t)),
+            Err(e) => panic!("run answered {e}"),
+        }
+    }
+
+    /// [`Server::run_task`], as JSON.
     pub async fn run(&self, spec: &Value) -> Value {
-        let r = self.post("/fn?wait=120", spec).await;
-        assert_eq!(r.status, 200, "run answered {}", r.body);
-        r.body
+        json_of(&self.run_task(spec).await)
     }
 
     /// Polls `GET /fn/{id}` until `pred` holds, failing after `secs` seconds.
-    pub async fn wait_until(&self, id: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(&self, id: TaskId, secs: u64, pred: impl Fn(&Task) -> bool) -> Task {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            let r = self.get(&format!("/fn/{id}")).await;
-            if r.status == 200 && pred(&r.body) {
-                return r.body;
-            }
+            let last = match self.client.get(id).await {
+                Ok(t) if pred(&t) => return t,
+                Ok(t) => json_of(&t).to_string(),
+                // Not there (yet, or any more): keep asking until the deadline.
+                Err(e) => e.to_string(),
+            };
             assert!(
                 Instant::now() < deadline,
-                "task {id} never got there; last: {}",
-                r.body
+                "task {id} never got there; last: {last}"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
+    /// [`Server::wait_for`] with the record as JSON.
+    pub async fn wait_until(&self, id: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+        json_of(
+            &self
+                .wait_for(task_id(id), secs, |t| pred(&json_of(t)))
+                .await,
+        )
+    }
+
     pub async fn wait_state(&self, id: &str, state: &str) -> Value {
-        self.wait_until(id, 120, |t| t["state"] == state).await
+        json_of(
+            &self
+                .wait_for(task_id(id), 120, |t| t.state.as_str() == state)
+                .await,
+        )
     }
 
     pub async fn wait_ended(&self, id: &str) -> Value {
-        self.wait_until(id, 120, |t| {
-            matches!(
-                t["state"].as_str(),
-                Some("FINISHED" | "FAILED" | "CANCELLED" | "EXPIRED")
-            )
-        })
-        .await
+        json_of(
+            &self
+                .wait_for(task_id(id), 120, |t| t.state.is_terminal())
+                .await,
+        )
     }
+}
+
+/// A record as the JSON the server sent (the client's record round-trips it).
+pub fn json_of(t: &Task) -> Value {
+    serde_json::to_value(t).expect("a record is JSON")
+}
+
+/// `id` as a task id, failing the test when it is not one.
+#[track_caller]
+pub fn task_id(id: &str) -> TaskId {
+    id.parse()
+        .unwrap_or_else(|_| panic!("`{id}` is not a task id"))
 }
 
 impl Drop for Server {
