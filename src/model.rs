@@ -238,7 +238,8 @@ pub struct TaskRecord {
     pub output_stored: (u64, u64),
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The container a task runs (or ran) in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRef {
     pub id: String,
     pub state: ContainerState,

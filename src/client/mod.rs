@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 pub use error::{ClientError, TOKEN_HINT};
 pub use events::{Event, EventStream, Frame, OutputStream};
 
-use crate::model::{ContainerState, Locality, TaskId, TaskState};
+use crate::model::{Locality, TaskId, TaskState};
 use crate::runner::DeleteOptions;
 
 /// A task record, as `GET /fn/{id}` and every REST answer about a task give it. Serialising
@@ -78,12 +78,8 @@ pub struct TaskSummary {
     pub locality: Option<Locality>,
 }
 
-/// The container a task runs (or ran) in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Container {
-    pub id: String,
-    pub state: ContainerState,
-}
+/// The container a task runs (or ran) in: the model's own.
+pub use crate::model::ContainerRef as Container;
 
 /// One page of `GET /fn`, newest first. `next`, when set, is the `before` of the next page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -395,7 +391,7 @@ fn bearer(token: Option<&str>) -> Result<Option<HeaderValue>, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ContainerRef, TaskRecord};
+    use crate::model::{ContainerRef, ContainerState, TaskRecord};
 
     fn client(base: &str) -> Client {
         Client::new(base, None).unwrap_or_else(|e| panic!("{base}: {e}"))
