@@ -22,6 +22,13 @@
 //! - `POST /fn` accept rate with the queue paused: a second server with `--max-concurrent 1`
 //!   whose one slot holds a `sleep 600` task, 2,000 POSTs, 16 in flight.
 //! - resident set of that server idle, and once 10,000 tasks are stored.
+//! - database writes per task, cold and warm: the server counts its writes (`database_writes`
+//!   on /readyz), read before and after each phase of the task server. Cold is every task of
+//!   the cold phase and of the throughput runs, warm every task of the two warm phases; each
+//!   is set beside the count of commit cc5b4a1 (the last before a task's writes were cut to
+//!   four): 7 cold, 6 warm. That server neither prunes its event log nor reaps an idle kept
+//!   container during the bench (`--event-prune-every 3600 --keep-alive 3600`): either is a
+//!   write of its own.
 //!
 //! Latency rows report the median and p99 (nearest rank: of 30 samples, the largest) after
 //! warm-up pairs; ratio = ufaas median / baseline median (throughput: ufaas tasks/s / baseline
@@ -524,6 +531,61 @@ async fn daemon(http: &reqwest::Client, base: &str, image: &str) -> Result<Strin
         .context("no id in the reply")
 }
 
+/// The server's database writes since it started (`database_writes` on /readyz).
+async fn db_writes(http: &reqwest::Client, base: &str) -> Result<u64> {
+    let body: Value = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    body["database_writes"]
+        .as_u64()
+        .with_context(|| format!("no database_writes in /readyz: {body}"))
+}
+
+/// Database writes counted over some tasks.
+#[derive(Default)]
+struct Writes {
+    writes: u64,
+    tasks: u64,
+}
+
+impl Writes {
+    /// Adds the writes between `before` and now, made by `tasks` tasks.
+    async fn add(
+        &mut self,
+        http: &reqwest::Client,
+        base: &str,
+        before: u64,
+        tasks: usize,
+    ) -> Result<()> {
+        self.writes += db_writes(http, base).await? - before;
+        self.tasks += tasks as u64;
+        Ok(())
+    }
+
+    fn per_task(&self) -> f64 {
+        self.writes as f64 / self.tasks.max(1) as f64
+    }
+
+    fn text(&self) -> String {
+        format!("{} writes / {} tasks", self.writes, self.tasks)
+    }
+}
+
+/// Writes per task against the count of a commit before (not measured in this run: that
+/// commit's server did not count them); the target is on the ratio.
+fn writes_row(measure: &str, now: &Writes, before: u64, target: f64) -> Row {
+    Row {
+        measure: measure.into(),
+        ufaas: format!("{:.2} writes", now.per_task()),
+        baseline: format!("{before} writes"),
+        ratio: Some(now.per_task() / before as f64),
+        target: Some(Target::AtMost(target)),
+    }
+}
+
 /// Waits until Docker knows none of `ids` any more (60 s at most).
 async fn wait_gone(ids: &[String]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -794,11 +856,25 @@ async fn run() -> Result<()> {
     let mut notes: Vec<String> = Vec::new();
 
     // ---- server 1: the task paths ---------------------------------------------------------------
+    // No pruning of the event log while it runs, and no kept container reaped as idle: each
+    // is a write, not a task's, and would blur the writes per task.
     let par = parallel.to_string();
-    let mut server = Server::start("tasks", &["--max-concurrent", &par]).await?;
+    let mut server = Server::start(
+        "tasks",
+        &[
+            "--max-concurrent",
+            &par,
+            "--event-prune-every",
+            "3600",
+            "--keep-alive",
+            "3600",
+        ],
+    )
+    .await?;
     let base = server.base.clone();
     let http = server.http().clone();
     let idle_tasks_server = server.rss_kib()?;
+    let (mut cold_writes, mut warm_writes) = (Writes::default(), Writes::default());
 
     // Cold task.
     let cold = Probe::Task {
@@ -820,7 +896,12 @@ async fn run() -> Result<()> {
         ],
         "hi\n",
     );
+    let before = db_writes(&http, &base).await?;
     let (a, b) = paired(&http, &cold, &docker_run, warm, samples).await?;
+    cold_writes
+        .add(&http, &base, before, warm + samples)
+        .await?;
+    let cold_sequential = cold_writes.text();
     rows.push(latency_row(
         "cold task, busybox echo (vs docker run --rm)",
         &a,
@@ -858,7 +939,11 @@ async fn run() -> Result<()> {
         let mut argv = vec!["docker", "exec", live.0.as_str()];
         argv.extend(&cmd);
         let exec = Probe::cli(&argv, stdout);
+        let before = db_writes(&http, &base).await?;
         let (a, b) = paired(&http, &reuse, &exec, warm, samples).await?;
+        warm_writes
+            .add(&http, &base, before, warm + samples)
+            .await?;
         rows.push(latency_row(label, &a, &b, target));
         print_row(rows.last().unwrap());
         drop(live);
@@ -866,10 +951,17 @@ async fn run() -> Result<()> {
 
     // Throughput.
     let (mut ufaas_runs, mut docker_runs) = (Vec::new(), Vec::new());
+    let before = db_writes(&http, &base).await?;
     for _ in 0..rounds {
         ufaas_runs.push(ufaas_burst(&http, &base, tasks).await?);
         docker_runs.push(docker_burst(tasks, parallel).await?);
     }
+    let mut burst_writes = Writes::default();
+    burst_writes
+        .add(&http, &base, before, tasks * rounds)
+        .await?;
+    cold_writes.writes += burst_writes.writes;
+    cold_writes.tasks += burst_writes.tasks;
     let secs = |runs: &[Duration]| {
         runs.iter()
             .map(|d| format!("{:.1}", d.as_secs_f64()))
@@ -896,6 +988,30 @@ async fn run() -> Result<()> {
         target: Some(Target::AtLeast(1.5)),
     });
     print_row(rows.last().unwrap());
+
+    // Database writes per task (counted above), against cc5b4a1's 7 cold and 6 warm. The
+    // targets allow 4.2 writes a task: the four the store now makes, and a little.
+    rows.push(writes_row(
+        "database writes per task, cold (vs cc5b4a1)",
+        &cold_writes,
+        7,
+        0.6,
+    ));
+    print_row(rows.last().unwrap());
+    rows.push(writes_row(
+        "database writes per task, warm (vs cc5b4a1)",
+        &warm_writes,
+        6,
+        0.7,
+    ));
+    print_row(rows.last().unwrap());
+    notes.push(format!(
+        "database writes: cold {} (sequential {cold_sequential}, throughput {}), warm {}; \
+         before = the count of cc5b4a1, not measured in this run",
+        cold_writes.text(),
+        burst_writes.text(),
+        warm_writes.text()
+    ));
 
     // GET /fn/{id} under load, on a stored task.
     let some_task: Value = http
