@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::keep::Kept;
+use super::containers::{Kept, Key};
 use super::spool::{self, Spool};
 use super::{terminal_for_exit, Runner};
 use crate::agent::{self, Agent, AgentMount, ExecResult, JobRequest};
@@ -66,7 +66,7 @@ impl Runner {
                 };
                 // A container this task was lent (a hit) lives on; one it made is gone.
                 let lent = match self.store.get(id).await {
-                    Ok(Some(r)) => r.container.is_some_and(|c| self.kept.contains(&c.id)),
+                    Ok(Some(r)) => r.container.is_some_and(|c| self.containers.is_kept(&c.id)),
                     _ => false,
                 };
                 let container_state = (!lent).then_some(ContainerState::Removed);
@@ -97,7 +97,7 @@ impl Runner {
     async fn cleanup_task_containers(&self, id: TaskId) {
         if let Ok(ids) = self.engine.list_labelled(LABEL_TASK, &id.to_string()).await {
             for c in ids {
-                if !self.kept.contains(&c) {
+                if !self.containers.is_kept(&c) {
                     let _ = self.engine.remove(&c).await;
                 }
             }
@@ -249,7 +249,7 @@ impl Runner {
             let _ = placement.agent.ack(job).await;
         }
         if placement.keep {
-            self.kept.release(&cid);
+            self.containers.release(&cid);
         }
         let mut discard = None;
         let container_state = if keep {
@@ -328,7 +328,7 @@ impl Runner {
     /// A run that ends before its command: a kept container is handed back, another removed.
     async fn drop_or_release(&self, placement: &Placement) {
         if placement.keep {
-            self.kept.release(&placement.container);
+            self.containers.release(&placement.container);
         } else {
             self.drop_container(&placement.container).await;
         }
@@ -408,10 +408,10 @@ impl Runner {
                     p = resources::prepare(spec, &workdir, &[], &self.http, &limits) => p.map_err(|e| e.to_string()),
                     _ = cancel.cancelled() => Err(self.stop_message(cancel)),
                 };
-                let prepared = prepared.inspect_err(|_| self.kept.release(&cid))?;
+                let prepared = prepared.inspect_err(|_| self.containers.release(&cid))?;
                 if let Some(tar) = prepared.tar {
                     if let Err(e) = self.place_files(&cid, tar, &workdir).await {
-                        self.kept.release(&cid);
+                        self.containers.release(&cid);
                         return Err(format!("placing the resources failed: {e}"));
                     }
                 }
@@ -500,7 +500,7 @@ impl Runner {
                 .map_err(|e| fail("attaching to the container", &e))?;
             let (agent, _) = Agent::new(super::transport(attached), true);
             let agent = Arc::new(agent);
-            self.agents().insert(cid.clone(), agent.clone());
+            self.containers.set_agent(&cid, agent.clone());
             self.engine
                 .start(&cid)
                 .await
@@ -514,17 +514,16 @@ impl Runner {
         let agent = match setup {
             Ok(agent) => agent,
             Err(e) => {
-                self.agents().remove(&cid);
+                self.containers.forget(&cid);
                 let _ = self.engine.remove(&cid).await;
                 return Err(e);
             }
         };
         if keep {
-            self.kept.insert(
-                cid.clone(),
+            self.containers.keep(
+                &cid,
                 Kept {
-                    image: spec.image.clone(),
-                    owner: task.id,
+                    key: Key::Task(task.id),
                     workdir: workdir.clone(),
                     expires_at,
                     last_used: Instant::now(),
@@ -593,15 +592,23 @@ impl Runner {
 
     /// The kept, running container of task `target`, taken for one more task.
     async fn find_kept(&self, target: TaskId) -> Option<(String, Kept, Arc<Agent>)> {
-        let record = self.store.get(target).await.ok().flatten()?;
-        let cid = record.container?.id;
-        let kept = self.kept.acquire(&cid)?;
+        // The container the task made is found by its key; one it was lent (it ran in another
+        // task's kept container) through its record.
+        let (cid, kept) = match self.containers.acquire_key(&Key::Task(target)) {
+            Some(found) => found,
+            None => {
+                let record = self.store.get(target).await.ok().flatten()?;
+                let cid = record.container?.id;
+                let kept = self.containers.acquire(&cid)?;
+                (cid, kept)
+            }
+        };
         // A live connection to its agent says it runs; without one, Docker is asked.
         match self.agent_for(&cid).await {
             Ok(agent) => Some((cid, kept, agent)),
             Err(_) => {
                 // Gone from under us (removed from outside, or died): forget it.
-                self.kept.release(&cid);
+                self.containers.release(&cid);
                 self.drop_container(&cid).await;
                 None
             }
