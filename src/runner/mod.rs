@@ -6,6 +6,7 @@ mod containers;
 mod error;
 mod execute;
 mod reconcile;
+mod specs;
 mod spool;
 
 use std::collections::HashMap;
@@ -31,6 +32,10 @@ use crate::store::{NewTask, Store, StoreError, UpdateResult};
 use containers::Containers;
 pub use error::RunnerError;
 
+/// Bytes of parsed specs kept for queued tasks (past it, a spec is parsed again when its task
+/// runs).
+const SPEC_BUDGET: usize = 64 << 20;
+
 /// A running task's handle: cancelling it kills the task's process.
 struct Running {
     cancel: CancellationToken,
@@ -51,6 +56,8 @@ pub struct Runner {
     running: Mutex<HashMap<TaskId, Running>>,
     /// What the server knows of its containers: agents, kept ones, failed removals.
     containers: Containers,
+    /// Specs parsed at submit, until their task runs.
+    specs: specs::Specs,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     /// This start's id, on every container it makes (label `ufaas.boot`).
@@ -96,6 +103,7 @@ impl Runner {
             claim_lock: tokio::sync::Mutex::new(()),
             running: Mutex::new(HashMap::new()),
             containers: Containers::default(),
+            specs: specs::Specs::new(SPEC_BUDGET),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             boot: uuid::Uuid::new_v4().simple().to_string(),
@@ -279,6 +287,8 @@ impl Runner {
                 self.cfg.max_queue,
             )
             .await?;
+        // Typed from here on: the dispatcher takes it rather than parsing the record again.
+        self.specs.put(record.id, spec);
         self.wake.notify_one();
         Ok(record)
     }
@@ -386,15 +396,26 @@ impl Runner {
         }
         // Another update landing meanwhile changes nothing of that: a merge patch replaces
         // `resource_list` whole, so every resource comes from a spec that was checked.
+        let mut parsed = None;
         let result = self
             .store
             .update_queued(id, |current| {
                 let spec = new_spec(current)?;
-                Ok::<_, ApiError>((spec.raw, spec.task_name, spec.image, spec.priority))
+                let parts = (
+                    spec.raw.clone(),
+                    spec.task_name.clone(),
+                    spec.image.clone(),
+                    spec.priority,
+                );
+                parsed = Some(spec);
+                Ok::<_, ApiError>(parts)
             })
             .await?;
         match result {
             UpdateResult::Updated(r) => {
+                if let Some(spec) = parsed {
+                    self.specs.put(id, spec);
+                }
                 // A new priority may change what runs next.
                 self.wake.notify_one();
                 Ok(r)
@@ -436,6 +457,7 @@ impl Runner {
     async fn cancel(&self, id: TaskId, refuse_ended: bool) -> Result<TaskRecord, RunnerError> {
         let guard = self.claim_lock.lock().await;
         if let Some(r) = self.store.cancel_queued(id).await? {
+            self.specs.take(id);
             return Ok(r);
         }
         let record = self.store.get(id).await?.ok_or(RunnerError::NoTask(id))?;
