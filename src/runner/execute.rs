@@ -83,12 +83,16 @@ impl Runner {
             Ok(_) => {}
             Err(e) => tracing::error!(task = %id, error = %e, "could not record the end of a task"),
         }
-        // The task's own container goes after its end is recorded (and answered): the
-        // removal is tens of ms of the engine's time that nobody needs to wait for. It still
+        // The container goes after the task's end is recorded (and answered): the removal is
+        // tens of ms of the engine's time that nobody needs to wait for, and a server killed
+        // in between must find the container, and so the job's end, at its restart. It still
         // holds the task's slot, so the engine never has more than --max-concurrent
         // containers of ours being made, run or removed.
-        if let Some(cid) = discard {
-            self.remove_or_retry(&cid).await;
+        match discard {
+            Some(Discard::Own(cid)) => self.remove_or_retry(&cid).await,
+            // Other records name it too: each must say it is gone.
+            Some(Discard::Shared(cid)) => self.drop_container(&cid).await,
+            None => {}
         }
     }
 
@@ -108,7 +112,7 @@ impl Runner {
         &self,
         task: &TaskRecord,
         cancel: &CancellationToken,
-    ) -> Result<(TaskState, Outcome, Option<ContainerState>, Option<String>), String> {
+    ) -> Result<(TaskState, Outcome, Option<ContainerState>, Option<Discard>), String> {
         let spec = self.load_spec(task)?;
         let placement = self.place(task, &spec, cancel).await?;
         let job = self.next_job();
@@ -261,7 +265,7 @@ impl Runner {
         placement: &Placement,
         job: u32,
         ran: Ran,
-    ) -> (TaskState, Outcome, Option<ContainerState>, Option<String>) {
+    ) -> (TaskState, Outcome, Option<ContainerState>, Option<Discard>) {
         let cid = &placement.container;
         let Ran {
             result,
@@ -311,14 +315,14 @@ impl Runner {
         (state, outcome, Some(container_state), discard)
     }
 
-    /// What becomes of the container once the job has ended: kept for more work, or gone
-    /// (now, or once the task's end is recorded when no other record names it).
+    /// What becomes of the container once the job has ended: kept for more work, or no
+    /// longer used by any task and removed once the task's end is recorded.
     async fn after_run(
         &self,
         placement: &Placement,
         job: u32,
         keep: bool,
-    ) -> (ContainerState, Option<String>) {
+    ) -> (ContainerState, Option<Discard>) {
         let cid = &placement.container;
         if keep {
             // The agent may forget the job now that its end is ours.
@@ -329,14 +333,15 @@ impl Runner {
         }
         if keep {
             (ContainerState::Ready, None)
-        } else if placement.lent || placement.keep {
-            // Every record naming it must say it is gone.
-            self.drop_container(cid).await;
-            (ContainerState::Removed, None)
         } else {
-            // No task can use it any more; Docker removes it once the end is recorded.
+            // No task can use it any more.
             self.forget_container(cid);
-            (ContainerState::Removed, Some(cid.clone()))
+            let discard = if placement.lent || placement.keep {
+                Discard::Shared(cid.clone())
+            } else {
+                Discard::Own(cid.clone())
+            };
+            (ContainerState::Removed, Some(discard))
         }
     }
 
@@ -676,6 +681,14 @@ impl Runner {
             }
         }
     }
+}
+
+/// A container to remove once the task's end is recorded.
+enum Discard {
+    /// Only this task's record names it.
+    Own(String),
+    /// Kept or lent: other records name it too.
+    Shared(String),
 }
 
 /// How a job's run went.
