@@ -127,3 +127,28 @@ fn bound_send_buffer(listener: &TcpListener, send_buffer: usize) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// warp 0.4 takes a bound listener as it is (no hook per accepted connection), so the
+    /// per-connection send buffer relies on Linux handing the listener's SO_SNDBUF on to
+    /// every socket it accepts.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_the_listeners_send_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        super::bound_send_buffer(&listener, 16 * 1024);
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("addr: {e}"));
+        let client = tokio::net::TcpStream::connect(addr);
+        let (accepted, _client) = tokio::join!(listener.accept(), client);
+        let (stream, _) = accepted.unwrap_or_else(|e| panic!("accept: {e}"));
+        let size = socket2::SockRef::from(&stream)
+            .send_buffer_size()
+            .unwrap_or_else(|e| panic!("SO_SNDBUF: {e}"));
+        // Linux doubles what is set, for its own bookkeeping; the default is far larger.
+        assert!(size <= 2 * 16 * 1024, "send buffer {size}");
+    }
+}

@@ -210,7 +210,7 @@ mod tests {
 }
 
 /// The task record (docs/api.rst, `The task record`), as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub id: TaskId,
     pub task_name: String,

@@ -209,3 +209,57 @@ async fn a_container_removed_from_outside_fails_its_task_clearly() {
     assert_eq!(t["state"], "FINISHED");
     server.stop().await;
 }
+
+/// Under load: tasks submitted while the server is killed with SIGKILL three times (each
+/// restart finds work queued, starting and running) all end with every line they printed.
+#[tokio::test]
+async fn repeated_sigkills_under_load_lose_no_task_and_no_output() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("ufaas.db");
+    let (mut child, mut base) = spawn_server(&db).await;
+    let sleeps = ["0", "0.2", "0.5", "1"];
+    let mut ids = Vec::new();
+    for n in 0..48usize {
+        let script = format!(
+            "echo a{n}; sleep {}; echo b{n} >&2; echo c{n}",
+            sleeps[n % sleeps.len()]
+        );
+        ids.push((post_child(&base, sh(&script)).await, n));
+        if n % 12 == 11 && n < 47 {
+            // Something is running when the kill comes.
+            let (last, _) = &ids[ids.len() - 1];
+            poll_child(&base, last, |t| t["state"] != "PENDING").await;
+            child.kill().await.expect("SIGKILL");
+            (child, base) = spawn_server(&db).await;
+        }
+    }
+    for (id, n) in &ids {
+        let t = poll_child(&base, id, |t| {
+            matches!(
+                t["state"].as_str(),
+                Some("FINISHED" | "FAILED" | "CANCELLED" | "EXPIRED")
+            )
+        })
+        .await;
+        assert_eq!(
+            (
+                t["state"].as_str(),
+                t["exit_code"].as_i64(),
+                t["stdout"].as_str(),
+                t["stderr"].as_str()
+            ),
+            (
+                Some("FINISHED"),
+                Some(0),
+                Some(format!("a{n}\nc{n}\n").as_str()),
+                Some(format!("b{n}\n").as_str())
+            ),
+            "task {n}: {t}"
+        );
+    }
+    child.kill().await.expect("SIGKILL");
+    // The last server's containers go with a clean start and stop on the same database.
+    let mut cfg = ufaas::config::ServeConfig::defaults();
+    cfg.db = db.clone();
+    Server::start_on(cfg, dir).await.stop().await;
+}

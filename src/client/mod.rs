@@ -35,29 +35,10 @@ pub use events::{Event, EventStream, Frame, OutputStream};
 use crate::model::{Locality, TaskId, TaskState};
 use crate::runner::DeleteOptions;
 
-/// A task record, as `GET /fn/{id}` and every REST answer about a task give it. Serialising
-/// it gives back the JSON the server sent (a test checks the round trip against the server's
-/// own record), which is what `ufaas run` prints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Task {
-    pub id: TaskId,
-    pub task_name: String,
-    pub state: TaskState,
-    pub image: String,
-    pub priority: i64,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    pub exit_code: Option<i64>,
-    pub stdout: String,
-    pub stderr: String,
-    pub output_truncated: bool,
-    pub error: Option<String>,
-    pub container: Option<Container>,
-    pub reused_container_of: Option<TaskId>,
-    pub locality: Option<Locality>,
-    pub spec: Value,
-}
+/// A task record, as `GET /fn/{id}` and every REST answer about a task give it: the model's
+/// own record (serialising it gives back the JSON the server sent, which is what `ufaas run`
+/// prints; a test checks the round trip).
+pub use crate::model::TaskRecord as Task;
 
 /// A task as state events show it: the record without `stdout`, `stderr` and `spec`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

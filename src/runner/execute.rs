@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::keep::Kept;
+use super::containers::{Kept, Key};
 use super::spool::{self, Spool};
 use super::{terminal_for_exit, Runner};
 use crate::agent::{self, Agent, AgentMount, ExecResult, JobRequest};
@@ -66,7 +66,7 @@ impl Runner {
                 };
                 // A container this task was lent (a hit) lives on; one it made is gone.
                 let lent = match self.store.get(id).await {
-                    Ok(Some(r)) => r.container.is_some_and(|c| self.kept.contains(&c.id)),
+                    Ok(Some(r)) => r.container.is_some_and(|c| self.containers.is_kept(&c.id)),
                     _ => false,
                 };
                 let container_state = (!lent).then_some(ContainerState::Removed);
@@ -83,12 +83,16 @@ impl Runner {
             Ok(_) => {}
             Err(e) => tracing::error!(task = %id, error = %e, "could not record the end of a task"),
         }
-        // The task's own container goes after its end is recorded (and answered): the
-        // removal is tens of ms of the engine's time that nobody needs to wait for. It still
+        // The container goes after the task's end is recorded (and answered): the removal is
+        // tens of ms of the engine's time that nobody needs to wait for, and a server killed
+        // in between must find the container, and so the job's end, at its restart. It still
         // holds the task's slot, so the engine never has more than --max-concurrent
         // containers of ours being made, run or removed.
-        if let Some(cid) = discard {
-            self.remove_or_retry(&cid).await;
+        match discard {
+            Some(Discard::Own(cid)) => self.remove_or_retry(&cid).await,
+            // Other records name it too: each must say it is gone.
+            Some(Discard::Shared(cid)) => self.drop_container(&cid).await,
+            None => {}
         }
     }
 
@@ -97,7 +101,7 @@ impl Runner {
     async fn cleanup_task_containers(&self, id: TaskId) {
         if let Ok(ids) = self.engine.list_labelled(LABEL_TASK, &id.to_string()).await {
             for c in ids {
-                if !self.kept.contains(&c) {
+                if !self.containers.is_kept(&c) {
                     let _ = self.engine.remove(&c).await;
                 }
             }
@@ -108,9 +112,25 @@ impl Runner {
         &self,
         task: &TaskRecord,
         cancel: &CancellationToken,
-    ) -> Result<(TaskState, Outcome, Option<ContainerState>, Option<String>), String> {
+    ) -> Result<(TaskState, Outcome, Option<ContainerState>, Option<Discard>), String> {
+        let spec = self.load_spec(task)?;
+        let placement = self.place(task, &spec, cancel).await?;
+        let job = self.next_job();
+        let rx = self.start_job(task.id, &spec, &placement, job).await?;
+        let ran = self
+            .follow_job(task.id, &spec, &placement, job, rx, cancel)
+            .await;
+        Ok(self.settle(&spec, &placement, job, ran).await)
+    }
+
+    /// The spec as parsed at submit; parsed again from the record when it was stored before a
+    /// restart (or past the budget of kept specs).
+    fn load_spec(&self, task: &TaskRecord) -> Result<TaskSpec, String> {
+        if let Some(spec) = self.specs.take(task.id) {
+            return Ok(spec);
+        }
         let reuse_image = task.reused_container_of.map(|_| task.image.as_str());
-        let spec = spec::parse(
+        spec::parse(
             task.spec.clone(),
             &self.policy,
             ParseContext { reuse_image },
@@ -120,31 +140,32 @@ impl Runner {
                 "the stored spec is no longer valid on this server: {}",
                 e.message
             )
-        })?;
+        })
+    }
 
-        let placement = self.place(task, &spec, cancel).await?;
-        let cid = placement.container.clone();
-
-        let started = Instant::now();
-        // The job is recorded before it starts, with the container and RUNNING, in one
-        // write: a restarted server can always ask the agent how it ended.
-        let job = self.next_job();
+    /// Records RUNNING, then has the agent start the command. The job is recorded before it
+    /// starts, with the container and RUNNING, in one write: a restarted server can always
+    /// ask the agent how it ended.
+    async fn start_job(
+        &self,
+        task_id: TaskId,
+        spec: &TaskSpec,
+        placement: &Placement,
+        job: u32,
+    ) -> Result<tokio::sync::mpsc::Receiver<agent::JobEvent>, String> {
         if let Err(e) = self
             .store
-            .mark_running(task.id, &cid, placement.locality, &format!("agent:{job}"))
+            .mark_running(
+                task_id,
+                &placement.container,
+                placement.locality,
+                &format!("agent:{job}"),
+            )
             .await
         {
-            self.drop_or_release(&placement).await;
+            self.drop_or_release(placement).await;
             return Err(format!("could not record RUNNING: {e}"));
         }
-
-        let timeout = spec.timeout.unwrap_or(self.cfg.default_timeout);
-        let run_deadline = started + Duration::from_secs(timeout);
-        let (deadline, by_ttl) = if placement.expires_at < run_deadline {
-            (placement.expires_at, true)
-        } else {
-            (run_deadline, false)
-        };
         let req = JobRequest {
             argv: spec.cmd_list.clone(),
             env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -152,16 +173,36 @@ impl Runner {
             stdin: spec.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
             keep: u32::try_from(self.cfg.max_output_bytes).unwrap_or(u32::MAX),
         };
-        let task_id = task.id;
+        match placement.agent.start(job, &req).await {
+            Ok(rx) => Ok(rx),
+            Err(e) => {
+                self.drop_or_release(placement).await;
+                Err(format!("starting the command failed: {e}"))
+            }
+        }
+    }
+
+    /// Reads the job to its end (its output stored as it comes), or ends it early at its
+    /// timeout, its container's ttl, a cancel or an output flood.
+    async fn follow_job(
+        &self,
+        task_id: TaskId,
+        spec: &TaskSpec,
+        placement: &Placement,
+        job: u32,
+        mut rx: tokio::sync::mpsc::Receiver<agent::JobEvent>,
+        cancel: &CancellationToken,
+    ) -> Ran {
+        let cid = &placement.container;
+        let timeout = spec.timeout.unwrap_or(self.cfg.default_timeout);
+        let run_deadline = Instant::now() + Duration::from_secs(timeout);
+        let (deadline, by_ttl) = if placement.expires_at < run_deadline {
+            (placement.expires_at, true)
+        } else {
+            (run_deadline, false)
+        };
         let spool = Arc::new(Spool::new(self.cfg.max_output_bytes, (0, 0)));
         let live_output = self.output_sink(task_id, spool.clone());
-        let mut rx = match placement.agent.start(job, &req).await {
-            Ok(rx) => rx,
-            Err(e) => {
-                self.drop_or_release(&placement).await;
-                return Err(format!("starting the command failed: {e}"));
-            }
-        };
         let stop_spool = CancellationToken::new();
         let spooling = tokio::spawn(spool::run(
             self.store.clone(),
@@ -169,166 +210,145 @@ impl Runner {
             spool,
             stop_spool.clone(),
         ));
-        let mut result = ExecResult::default();
-        let mut stop = None;
-        let mut container_killed = false;
+        let mut ran = Ran::default();
         {
             let exec = agent::collect(
                 &mut rx,
                 self.cfg.max_output_bytes,
                 &live_output,
-                &mut result,
+                &mut ran.result,
             );
             tokio::pin!(exec);
             tokio::select! {
                 () = &mut exec => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    stop = Some(if by_ttl { Stop::Ttl(placement.ttl) } else { Stop::Timeout(timeout) });
+                    ran.stop = Some(if by_ttl { Stop::Ttl(placement.ttl) } else { Stop::Timeout(timeout) });
                     // A ttl is the container's own life: it goes whatever else runs in it.
-                    container_killed = if by_ttl {
-                        self.kill_and_collect(&cid, exec).await;
+                    ran.container_killed = if by_ttl {
+                        self.kill_and_collect(cid, exec).await;
                         true
                     } else {
-                        self.stop_job(&placement, job, exec).await
+                        self.stop_job(placement, job, exec).await
                     };
                 }
                 _ = cancel.cancelled() => {
-                    stop = Some(if self.shutdown.is_cancelled() { Stop::Shutdown } else { Stop::Cancelled });
-                    container_killed = self.stop_job(&placement, job, exec).await;
+                    ran.stop = Some(if self.shutdown.is_cancelled() { Stop::Shutdown } else { Stop::Cancelled });
+                    ran.container_killed = self.stop_job(placement, job, exec).await;
                 }
             }
         }
         // The end writes the whole output; no batch may land after it.
         stop_spool.cancel();
         let _ = spooling.await;
-        if result.overflowed && stop.is_none() {
-            stop = Some(Stop::Overflow);
+        if ran.result.overflowed && ran.stop.is_none() {
+            ran.stop = Some(Stop::Overflow);
             if placement.lent {
                 // Its output is no longer read; the agent drops it until the job is gone.
                 if let Err(e) = placement.agent.kill(job, 9).await {
                     tracing::warn!(container = %cid, error = %e, "kill after an output flood failed");
                 }
             } else {
-                container_killed = true;
-                if let Err(e) = self.engine.kill(&cid).await {
+                ran.container_killed = true;
+                if let Err(e) = self.engine.kill(cid).await {
                     tracing::warn!(container = %cid, error = %e, "kill after an output flood failed");
                 }
             }
         }
+        ran
+    }
 
-        let mut outcome = Outcome::default();
-        let exec_failed = match &result.lost {
+    /// How the run ended (asking Docker what only it knows: is the container there, did it
+    /// hit its memory limit), what becomes of the container, and the task's final state.
+    async fn settle(
+        &self,
+        spec: &TaskSpec,
+        placement: &Placement,
+        job: u32,
+        ran: Ran,
+    ) -> (TaskState, Outcome, Option<ContainerState>, Option<Discard>) {
+        let cid = &placement.container;
+        let Ran {
+            result,
+            stop,
+            container_killed,
+        } = ran;
+        let lost = match &result.lost {
             Some(why) if self.engine.ping().await.is_err() => Some(format!(
                 "the Docker engine stopped answering while the task ran ({why})"
             )),
             Some(why) => Some(format!("lost the task's container while it ran ({why})")),
             None => None,
         };
-        let never_ran = result.error.clone();
-        // Told to stop from outside (`docker stop`, the engine shutting down): the agent
-        // passed the signal on, and the command's end is that signal's doing.
-        let stopped_outside = placement
-            .agent
-            .stopped_by()
-            .filter(|_| stop.is_none() && result.exit_code != Some(0));
+        let mut outcome = Outcome::default();
+        let mut facts = Facts {
+            never_ran: result.error.clone(),
+            // Told to stop from outside (`docker stop`, the engine shutting down): the agent
+            // passed the signal on, and the command's end is that signal's doing.
+            stopped_outside: placement
+                .agent
+                .stopped_by()
+                .filter(|_| stop.is_none() && result.exit_code != Some(0)),
+            gone: false,
+            oom: false,
+            lost,
+        };
         fill_output(&mut outcome, result);
-        let gone = exec_failed.is_some() && !self.engine.is_running(&cid).await.unwrap_or(true);
+        facts.gone = facts.lost.is_some() && !self.engine.is_running(cid).await.unwrap_or(true);
         // A command SIGKILLed by nobody we know of, in a container at its memory limit: the
         // OOM killer. Asked before the container may go.
-        let oom = stop.is_none()
+        facts.oom = stop.is_none()
             && outcome.exit_code == Some(137)
-            && self.engine.memory_limit_hit(&cid).await.unwrap_or(false);
-        // A killed container cannot be reused; anything not kept goes now.
-        // A container whose agent we lost touch with is not lent again.
+            && self.engine.memory_limit_hit(cid).await.unwrap_or(false);
+        // A killed container cannot be reused; anything not kept goes now. A container whose
+        // agent we lost touch with is not lent again.
         let keep = placement.keep
             && !container_killed
-            && exec_failed.is_none()
+            && facts.lost.is_none()
             && placement.agent.stopped_by().is_none();
+        let (container_state, discard) = self.after_run(placement, job, keep).await;
+        let limits = Limits {
+            max_output_bytes: self.cfg.max_output_bytes,
+            memory_mb: spec.limits.memory_mb.unwrap_or(self.cfg.default_memory_mb),
+            command: spec.cmd_list.first().map(String::as_str).unwrap_or(""),
+        };
+        let state = verdict(stop, facts, &limits, &mut outcome);
+        (state, outcome, Some(container_state), discard)
+    }
+
+    /// What becomes of the container once the job has ended: kept for more work, or no
+    /// longer used by any task and removed once the task's end is recorded.
+    async fn after_run(
+        &self,
+        placement: &Placement,
+        job: u32,
+        keep: bool,
+    ) -> (ContainerState, Option<Discard>) {
+        let cid = &placement.container;
         if keep {
             // The agent may forget the job now that its end is ours.
             let _ = placement.agent.ack(job).await;
         }
         if placement.keep {
-            self.kept.release(&cid);
+            self.containers.release(cid);
         }
-        let mut discard = None;
-        let container_state = if keep {
-            ContainerState::Ready
-        } else if placement.lent || placement.keep {
-            // Every record naming it must say it is gone.
-            self.drop_container(&cid).await;
-            ContainerState::Removed
+        if keep {
+            (ContainerState::Ready, None)
         } else {
-            // No task can use it any more; Docker removes it once the end is recorded.
-            self.forget_container(&cid);
-            discard = Some(cid.clone());
-            ContainerState::Removed
-        };
-        let state = match stop {
-            Some(Stop::Cancelled) => {
-                outcome.error = Some("cancelled while running".into());
-                TaskState::Cancelled
-            }
-            Some(Stop::Shutdown) => {
-                outcome.error = Some("the server shut down while the task ran".into());
-                TaskState::Failed
-            }
-            Some(Stop::Overflow) => {
-                outcome.error = Some(format!(
-                    "the output passed the server's cap of {} bytes many times over; the task was killed",
-                    self.cfg.max_output_bytes
-                ));
-                TaskState::Failed
-            }
-            Some(Stop::Timeout(s)) => {
-                outcome.error = Some(format!("timed out after {s} s"));
-                TaskState::Expired
-            }
-            Some(Stop::Ttl(s)) => {
-                outcome.error = Some(format!("the container's ttl of {s} s passed"));
-                TaskState::Expired
-            }
-            None => match exec_failed {
-                Some(e) => {
-                    outcome.error = Some(if gone {
-                        "the task's container was removed from outside while it ran".to_string()
-                    } else {
-                        e
-                    });
-                    TaskState::Failed
-                }
-                None if oom => {
-                    let mb = spec.limits.memory_mb.unwrap_or(self.cfg.default_memory_mb);
-                    outcome.error = Some(format!(
-                        "out of memory: the task passed its memory limit of {mb} MiB and was killed"
-                    ));
-                    TaskState::Failed
-                }
-                None if stopped_outside.is_some() => {
-                    outcome.error = Some(format!(
-                        "the container was told to stop from outside (signal {}: `docker stop`, or the engine shutting down) while the task ran",
-                        stopped_outside.unwrap_or_default()
-                    ));
-                    TaskState::Failed
-                }
-                None => {
-                    if let Some(why) = never_ran {
-                        outcome.error =
-                            Some(format!("could not run `{}`: {why}", spec.cmd_list[0]));
-                        TaskState::Failed
-                    } else {
-                        terminal_for_exit(outcome.exit_code)
-                    }
-                }
-            },
-        };
-        Ok((state, outcome, Some(container_state), discard))
+            // No task can use it any more.
+            self.forget_container(cid);
+            let discard = if placement.lent || placement.keep {
+                Discard::Shared(cid.clone())
+            } else {
+                Discard::Own(cid.clone())
+            };
+            (ContainerState::Removed, Some(discard))
+        }
     }
 
     /// A run that ends before its command: a kept container is handed back, another removed.
     async fn drop_or_release(&self, placement: &Placement) {
         if placement.keep {
-            self.kept.release(&placement.container);
+            self.containers.release(&placement.container);
         } else {
             self.drop_container(&placement.container).await;
         }
@@ -381,6 +401,117 @@ impl Runner {
         }
     }
 
+    /// A new container for the task: its limits, labels, mounts and the hardening defaults.
+    fn container_spec(
+        &self,
+        task_id: TaskId,
+        spec: &TaskSpec,
+        workdir: &str,
+        tmpfs: HashMap<String, String>,
+        binds: Vec<String>,
+        mount: AgentMount,
+    ) -> ContainerSpec {
+        let memory_mb = spec.limits.memory_mb.unwrap_or(self.cfg.default_memory_mb);
+        let cpus = spec.limits.cpus.unwrap_or(self.cfg.default_cpus);
+        let pids = spec.limits.pids.unwrap_or(self.cfg.default_pids);
+        let mut labels = HashMap::new();
+        labels.insert(LABEL_INSTANCE.to_string(), self.instance.clone());
+        labels.insert(LABEL_TASK.to_string(), task_id.to_string());
+        labels.insert(LABEL_BOOT.to_string(), self.boot.clone());
+        ContainerSpec {
+            image: spec.image.clone(),
+            labels,
+            working_dir: spec.pwd.clone(),
+            memory_bytes: (memory_mb as i64).saturating_mul(1 << 20),
+            nano_cpus: (cpus * 1e9) as i64,
+            pids: pids as i64,
+            tmpfs,
+            binds,
+            network: spec.network,
+            hardening: Hardening {
+                // With a read-only root, what must stay writable (and take our uploads) are
+                // anonymous volumes, removed with the container.
+                writable: writable_roots(workdir),
+                ..self.hardening.clone()
+            },
+            main: agent::PATH.to_string(),
+            main_bind: match mount {
+                AgentMount::Bind(host) => Some(host),
+                AgentMount::Upload => None,
+            },
+        }
+    }
+
+    /// Places the files (and the agent, when it is uploaded), attaches to the agent, and
+    /// starts the container.
+    async fn start_container(
+        &self,
+        cid: &str,
+        files: Option<Vec<u8>>,
+        agent_uploaded: Option<Vec<u8>>,
+        workdir: &str,
+    ) -> Result<Arc<Agent>, String> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} failed: {e}");
+        if let Some(tar) = files {
+            self.place_files(cid, tar, workdir)
+                .await
+                .map_err(|e| fail("placing the resources", &e))?;
+        }
+        if let Some(tar) = agent_uploaded {
+            self.place_files(cid, tar, workdir)
+                .await
+                .map_err(|e| fail("placing the agent", &e))?;
+        }
+        // Attached before start, so the agent's first byte is ours.
+        let attached = self
+            .engine
+            .attach(cid)
+            .await
+            .map_err(|e| fail("attaching to the container", &e))?;
+        let (agent, _) = Agent::new(super::transport(attached), true);
+        let agent = Arc::new(agent);
+        self.containers.set_agent(cid, agent.clone());
+        self.engine
+            .start(cid)
+            .await
+            .map_err(|e| fail("starting the container", &e))?;
+        Ok(agent)
+    }
+
+    /// Places the task in the kept container it asked for (a hit): its files go in; the
+    /// container is handed back if that fails.
+    async fn place_in_kept(
+        &self,
+        spec: &TaskSpec,
+        (cid, kept, agent): (String, Kept, Arc<Agent>),
+        keep: bool,
+        limits: &FetchLimits,
+        cancel: &CancellationToken,
+    ) -> Result<Placement, String> {
+        let workdir = spec.pwd.clone().unwrap_or_else(|| kept.workdir.clone());
+        let prepared = tokio::select! {
+            p = resources::prepare(spec, &workdir, &[], &self.http, limits) => p.map_err(|e| e.to_string()),
+            _ = cancel.cancelled() => Err(self.stop_message(cancel)),
+        };
+        let prepared = prepared.inspect_err(|_| self.containers.release(&cid))?;
+        if let Some(tar) = prepared.tar {
+            if let Err(e) = self.place_files(&cid, tar, &workdir).await {
+                self.containers.release(&cid);
+                return Err(format!("placing the resources failed: {e}"));
+            }
+        }
+        Ok(Placement {
+            container: cid,
+            agent,
+            workdir,
+            keep,
+            lent: true,
+            expires_at: kept.expires_at,
+            locality: Some(Locality::Hit),
+            ttl: spec.ttl.unwrap_or(self.cfg.default_ttl),
+        })
+    }
+
     /// Finds the container asked for (a hit) or makes a new one, and places the task's files.
     /// Waits that only read (image pull, fetches) give way to `cancel` at once; Docker calls
     /// that make something run to their end, and a cancel is honoured after them, so a
@@ -402,29 +533,10 @@ impl Runner {
         };
 
         if let Some(target) = task.reused_container_of {
-            if let Some((cid, kept, agent)) = self.find_kept(target).await {
-                let workdir = spec.pwd.clone().unwrap_or_else(|| kept.workdir.clone());
-                let prepared = tokio::select! {
-                    p = resources::prepare(spec, &workdir, &[], &self.http, &limits) => p.map_err(|e| e.to_string()),
-                    _ = cancel.cancelled() => Err(self.stop_message(cancel)),
-                };
-                let prepared = prepared.inspect_err(|_| self.kept.release(&cid))?;
-                if let Some(tar) = prepared.tar {
-                    if let Err(e) = self.place_files(&cid, tar, &workdir).await {
-                        self.kept.release(&cid);
-                        return Err(format!("placing the resources failed: {e}"));
-                    }
-                }
-                return Ok(Placement {
-                    container: cid,
-                    agent,
-                    workdir,
-                    keep: keep_default(true),
-                    lent: true,
-                    expires_at: kept.expires_at,
-                    locality: Some(Locality::Hit),
-                    ttl: spec.ttl.unwrap_or(self.cfg.default_ttl),
-                });
+            if let Some(found) = self.find_kept(target).await {
+                return self
+                    .place_in_kept(spec, found, keep_default(true), &limits, cancel)
+                    .await;
             }
         }
         let locality = task.reused_container_of.map(|_| Locality::Miss);
@@ -444,35 +556,14 @@ impl Runner {
             _ = cancel.cancelled() => return Err(self.stop_message(cancel)),
         };
 
-        let memory_mb = spec.limits.memory_mb.unwrap_or(self.cfg.default_memory_mb);
-        let cpus = spec.limits.cpus.unwrap_or(self.cfg.default_cpus);
-        let pids = spec.limits.pids.unwrap_or(self.cfg.default_pids);
-        let mut labels = HashMap::new();
-        labels.insert(LABEL_INSTANCE.to_string(), self.instance.clone());
-        labels.insert(LABEL_TASK.to_string(), task.id.to_string());
-        labels.insert(LABEL_BOOT.to_string(), self.boot.clone());
-        let cspec = ContainerSpec {
-            image: spec.image.clone(),
-            labels,
-            working_dir: spec.pwd.clone(),
-            memory_bytes: (memory_mb as i64).saturating_mul(1 << 20),
-            nano_cpus: (cpus * 1e9) as i64,
-            pids: pids as i64,
-            tmpfs: prepared.tmpfs,
-            binds: prepared.binds,
-            network: spec.network,
-            hardening: Hardening {
-                // With a read-only root, what must stay writable (and take our uploads) are
-                // anonymous volumes, removed with the container.
-                writable: writable_roots(&workdir),
-                ..self.hardening.clone()
-            },
-            main: agent::PATH.to_string(),
-            main_bind: match mount {
-                AgentMount::Bind(host) => Some(host),
-                AgentMount::Upload => None,
-            },
-        };
+        let cspec = self.container_spec(
+            task.id,
+            spec,
+            &workdir,
+            prepared.tmpfs,
+            prepared.binds,
+            mount,
+        );
         let ttl = spec.ttl.unwrap_or(self.cfg.default_ttl);
         let expires_at = Instant::now() + Duration::from_secs(ttl);
         let (cid, agent_uploaded) = self
@@ -480,51 +571,26 @@ impl Runner {
             .await
             .map_err(|e| format!("creating the container failed: {e}"))?;
         let keep = keep_default(locality.is_some());
-        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} failed: {e}");
-        let setup = async {
-            if let Some(tar) = prepared.tar {
-                self.place_files(&cid, tar, &workdir)
-                    .await
-                    .map_err(|e| fail("placing the resources", &e))?;
-            }
-            if let Some(tar) = agent_uploaded {
-                self.place_files(&cid, tar, &workdir)
-                    .await
-                    .map_err(|e| fail("placing the agent", &e))?;
-            }
-            // Attached before start, so the agent's first byte is ours.
-            let attached = self
-                .engine
-                .attach(&cid)
-                .await
-                .map_err(|e| fail("attaching to the container", &e))?;
-            let (agent, _) = Agent::new(super::transport(attached), true);
-            let agent = Arc::new(agent);
-            self.agents().insert(cid.clone(), agent.clone());
-            self.engine
-                .start(&cid)
-                .await
-                .map_err(|e| fail("starting the container", &e))?;
-            Ok::<Arc<Agent>, String>(agent)
-        };
-        let setup = setup.await.and_then(|agent| match cancel.is_cancelled() {
+        let setup = self
+            .start_container(&cid, prepared.tar, agent_uploaded, &workdir)
+            .await;
+        let setup = setup.and_then(|agent| match cancel.is_cancelled() {
             true => Err(self.stop_message(cancel)),
             false => Ok(agent),
         });
         let agent = match setup {
             Ok(agent) => agent,
             Err(e) => {
-                self.agents().remove(&cid);
+                self.containers.forget(&cid);
                 let _ = self.engine.remove(&cid).await;
                 return Err(e);
             }
         };
         if keep {
-            self.kept.insert(
-                cid.clone(),
+            self.containers.keep(
+                &cid,
                 Kept {
-                    image: spec.image.clone(),
-                    owner: task.id,
+                    key: Key::Task(task.id),
                     workdir: workdir.clone(),
                     expires_at,
                     last_used: Instant::now(),
@@ -593,20 +659,115 @@ impl Runner {
 
     /// The kept, running container of task `target`, taken for one more task.
     async fn find_kept(&self, target: TaskId) -> Option<(String, Kept, Arc<Agent>)> {
-        let record = self.store.get(target).await.ok().flatten()?;
-        let cid = record.container?.id;
-        let kept = self.kept.acquire(&cid)?;
+        // The container the task made is found by its key; one it was lent (it ran in another
+        // task's kept container) through its record.
+        let (cid, kept) = match self.containers.acquire_key(&Key::Task(target)) {
+            Some(found) => found,
+            None => {
+                let record = self.store.get(target).await.ok().flatten()?;
+                let cid = record.container?.id;
+                let kept = self.containers.acquire(&cid)?;
+                (cid, kept)
+            }
+        };
         // A live connection to its agent says it runs; without one, Docker is asked.
         match self.agent_for(&cid).await {
             Ok(agent) => Some((cid, kept, agent)),
             Err(_) => {
                 // Gone from under us (removed from outside, or died): forget it.
-                self.kept.release(&cid);
+                self.containers.release(&cid);
                 self.drop_container(&cid).await;
                 None
             }
         }
     }
+}
+
+/// A container to remove once the task's end is recorded.
+enum Discard {
+    /// Only this task's record names it.
+    Own(String),
+    /// Kept or lent: other records name it too.
+    Shared(String),
+}
+
+/// How a job's run went.
+#[derive(Default)]
+struct Ran {
+    result: ExecResult,
+    stop: Option<Stop>,
+    container_killed: bool,
+}
+
+/// What is known of a run that ended without a stop of ours.
+struct Facts {
+    /// Why the command never ran (not found, bad working directory).
+    never_ran: Option<String>,
+    /// The signal the container was told to stop with from outside.
+    stopped_outside: Option<u32>,
+    /// The connection to the container was lost: why.
+    lost: Option<String>,
+    /// ... and the container is gone (removed from outside).
+    gone: bool,
+    /// SIGKILLed at the container's memory limit.
+    oom: bool,
+}
+
+/// What the messages of [`verdict`] quote.
+struct Limits<'a> {
+    max_output_bytes: usize,
+    memory_mb: u64,
+    command: &'a str,
+}
+
+/// A run's final state, with the error it reports set in `outcome`.
+fn verdict(stop: Option<Stop>, facts: Facts, limits: &Limits, outcome: &mut Outcome) -> TaskState {
+    let (state, error) = match stop {
+        Some(Stop::Cancelled) => (TaskState::Cancelled, "cancelled while running".to_string()),
+        Some(Stop::Shutdown) => (
+            TaskState::Failed,
+            "the server shut down while the task ran".to_string(),
+        ),
+        Some(Stop::Overflow) => (
+            TaskState::Failed,
+            format!(
+                "the output passed the server's cap of {} bytes many times over; the task was killed",
+                limits.max_output_bytes
+            ),
+        ),
+        Some(Stop::Timeout(s)) => (TaskState::Expired, format!("timed out after {s} s")),
+        Some(Stop::Ttl(s)) => (
+            TaskState::Expired,
+            format!("the container's ttl of {s} s passed"),
+        ),
+        None => match facts {
+            Facts { lost: Some(_), gone: true, .. } => (
+                TaskState::Failed,
+                "the task's container was removed from outside while it ran".to_string(),
+            ),
+            Facts { lost: Some(e), .. } => (TaskState::Failed, e),
+            Facts { oom: true, .. } => (
+                TaskState::Failed,
+                format!(
+                    "out of memory: the task passed its memory limit of {} MiB and was killed",
+                    limits.memory_mb
+                ),
+            ),
+            Facts { stopped_outside: Some(signal), .. } => (
+                TaskState::Failed,
+                format!(
+                    "the container was told to stop from outside (signal {signal}: `docker stop`, or the engine shutting down) while the task ran"
+                ),
+            ),
+            Facts { never_ran: Some(why), .. } => (
+                TaskState::Failed,
+                format!("could not run `{}`: {why}", limits.command),
+            ),
+            _ => return terminal_for_exit(outcome.exit_code),
+        },
+    };
+    outcome.error = Some(error);
+    state
 }
 
 /// What stays writable under `--read-only-root`.
@@ -625,4 +786,81 @@ fn fill_output(outcome: &mut Outcome, r: ExecResult) {
     outcome.stdout = String::from_utf8_lossy(&r.stdout).into_owned();
     outcome.stderr = String::from_utf8_lossy(&r.stderr).into_owned();
     outcome.output_truncated = r.truncated;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts {
+            never_ran: None,
+            stopped_outside: None,
+            lost: None,
+            gone: false,
+            oom: false,
+        }
+    }
+
+    fn judge(
+        stop: Option<Stop>,
+        facts: Facts,
+        exit_code: Option<i64>,
+    ) -> (TaskState, Option<String>) {
+        let limits = Limits {
+            max_output_bytes: 10,
+            memory_mb: 64,
+            command: "sh",
+        };
+        let mut outcome = Outcome {
+            exit_code,
+            ..Outcome::default()
+        };
+        let state = verdict(stop, facts, &limits, &mut outcome);
+        (state, outcome.error)
+    }
+
+    #[test]
+    fn a_stop_of_ours_decides_before_what_the_command_did() {
+        let (st, e) = judge(Some(Stop::Timeout(5)), facts(), Some(0));
+        assert_eq!(
+            (st, e.as_deref()),
+            (TaskState::Expired, Some("timed out after 5 s"))
+        );
+        let (st, _) = judge(Some(Stop::Cancelled), facts(), None);
+        assert_eq!(st, TaskState::Cancelled);
+        let (st, e) = judge(Some(Stop::Overflow), facts(), Some(0));
+        assert_eq!(st, TaskState::Failed);
+        assert!(e.is_some_and(|e| e.contains("cap of 10 bytes")));
+    }
+
+    #[test]
+    fn without_a_stop_the_facts_then_the_exit_code_decide() {
+        assert_eq!(judge(None, facts(), Some(0)), (TaskState::Finished, None));
+        assert_eq!(judge(None, facts(), Some(3)), (TaskState::Failed, None));
+        let gone = Facts {
+            lost: Some("x".into()),
+            gone: true,
+            ..facts()
+        };
+        let (st, e) = judge(None, gone, None);
+        assert_eq!(st, TaskState::Failed);
+        assert!(e.is_some_and(|e| e.contains("removed from outside")));
+        let oom = Facts {
+            oom: true,
+            stopped_outside: Some(15),
+            ..facts()
+        };
+        let (_, e) = judge(None, oom, Some(137));
+        assert!(
+            e.is_some_and(|e| e.contains("64 MiB")),
+            "the OOM killer before a stop"
+        );
+        let missing = Facts {
+            never_ran: Some("not found".into()),
+            ..facts()
+        };
+        let (_, e) = judge(None, missing, Some(127));
+        assert_eq!(e.as_deref(), Some("could not run `sh`: not found"));
+    }
 }

@@ -2,10 +2,11 @@
 //! keeps the queue (at most `--max-concurrent` running, higher priority first), runs each task
 //! in a container ([`execute`]) and keeps containers for reuse ([`keep`]).
 
+mod containers;
 mod error;
 mod execute;
-pub mod keep;
 mod reconcile;
+mod specs;
 mod spool;
 
 use std::collections::HashMap;
@@ -28,8 +29,12 @@ use crate::model::{ContainerState, Stream, TaskId, TaskRecord, TaskState};
 use crate::spec::{self, ParseContext, Policy};
 use crate::store::{NewTask, Store, StoreError, UpdateResult};
 
+use containers::Containers;
 pub use error::RunnerError;
-use keep::KeptSet;
+
+/// Bytes of parsed specs kept for queued tasks (past it, a spec is parsed again when its task
+/// runs).
+const SPEC_BUDGET: usize = 64 << 20;
 
 /// A running task's handle: cancelling it kills the task's process.
 struct Running {
@@ -49,15 +54,14 @@ pub struct Runner {
     /// cancel never sees a STARTING task that has no handle yet.
     claim_lock: tokio::sync::Mutex<()>,
     running: Mutex<HashMap<TaskId, Running>>,
-    kept: KeptSet,
+    /// What the server knows of its containers: agents, kept ones, failed removals.
+    containers: Containers,
+    /// Specs parsed at submit, until their task runs.
+    specs: specs::Specs,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     /// This start's id, on every container it makes (label `ufaas.boot`).
     boot: String,
-    /// Containers whose removal failed, retried by the reaper.
-    unremoved: Mutex<std::collections::HashSet<String>>,
-    /// The connection to each live container's agent.
-    agents: Mutex<HashMap<String, Arc<Agent>>>,
     /// How new containers get the agent.
     agent_mount: RwLock<AgentMount>,
     /// Job ids for the agents; random start, so a restarted server's ids do not meet the
@@ -98,12 +102,11 @@ impl Runner {
             wake: Notify::new(),
             claim_lock: tokio::sync::Mutex::new(()),
             running: Mutex::new(HashMap::new()),
-            kept: KeptSet::default(),
+            containers: Containers::default(),
+            specs: specs::Specs::new(SPEC_BUDGET),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             boot: uuid::Uuid::new_v4().simple().to_string(),
-            unremoved: Mutex::new(Default::default()),
-            agents: Mutex::new(HashMap::new()),
             agent_mount: RwLock::new(agent_mount),
             next_job: AtomicU32::new(u32::from_le_bytes(
                 uuid::Uuid::new_v4().as_bytes()[..4]
@@ -111,10 +114,6 @@ impl Runner {
                     .unwrap_or([1, 0, 0, 0]),
             )),
         }))
-    }
-
-    fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Agent>>> {
-        self.agents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn agent_mount(&self) -> AgentMount {
@@ -160,7 +159,7 @@ impl Runner {
     }
 
     async fn agent_for(&self, cid: &str) -> Result<Arc<Agent>, DockerError> {
-        if let Some(a) = self.agents().get(cid).cloned() {
+        if let Some(a) = self.containers.agent(cid) {
             if !a.is_lost() {
                 return Ok(a);
             }
@@ -176,7 +175,7 @@ impl Runner {
             .await
             .map_err(|e| DockerError::Api(e.to_string()))?;
         let agent = Arc::new(agent);
-        self.agents().insert(cid.to_string(), agent.clone());
+        self.containers.set_agent(cid, agent.clone());
         Ok(agent)
     }
 
@@ -232,7 +231,7 @@ impl Runner {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
-        for id in self.kept.drain() {
+        for id in self.containers.drain_kept() {
             if let Err(e) = self.engine.remove(&id).await {
                 tracing::warn!(container = %id, error = %e, "could not remove a kept container");
             }
@@ -288,6 +287,8 @@ impl Runner {
                 self.cfg.max_queue,
             )
             .await?;
+        // Typed from here on: the dispatcher takes it rather than parsing the record again.
+        self.specs.put(record.id, spec);
         self.wake.notify_one();
         Ok(record)
     }
@@ -395,15 +396,26 @@ impl Runner {
         }
         // Another update landing meanwhile changes nothing of that: a merge patch replaces
         // `resource_list` whole, so every resource comes from a spec that was checked.
+        let mut parsed = None;
         let result = self
             .store
             .update_queued(id, |current| {
                 let spec = new_spec(current)?;
-                Ok::<_, ApiError>((spec.raw, spec.task_name, spec.image, spec.priority))
+                let parts = (
+                    spec.raw.clone(),
+                    spec.task_name.clone(),
+                    spec.image.clone(),
+                    spec.priority,
+                );
+                parsed = Some(spec);
+                Ok::<_, ApiError>(parts)
             })
             .await?;
         match result {
             UpdateResult::Updated(r) => {
+                if let Some(spec) = parsed {
+                    self.specs.put(id, spec);
+                }
                 // A new priority may change what runs next.
                 self.wake.notify_one();
                 Ok(r)
@@ -426,7 +438,7 @@ impl Runner {
                 .filter(|c| c.state != ContainerState::Removed)
             {
                 let cid = c.id.clone();
-                self.kept.remove(&cid);
+                self.containers.forget(&cid);
                 self.engine.remove(&cid).await?;
                 self.store
                     .set_container_state(&cid, ContainerState::Removed)
@@ -445,6 +457,7 @@ impl Runner {
     async fn cancel(&self, id: TaskId, refuse_ended: bool) -> Result<TaskRecord, RunnerError> {
         let guard = self.claim_lock.lock().await;
         if let Some(r) = self.store.cancel_queued(id).await? {
+            self.specs.take(id);
             return Ok(r);
         }
         let record = self.store.get(id).await?.ok_or(RunnerError::NoTask(id))?;
@@ -575,7 +588,7 @@ impl Runner {
                 }
             }
             self.retry_removals().await;
-            for id in self.kept.take_expired(Instant::now(), keep_alive) {
+            for id in self.containers.take_expired(Instant::now(), keep_alive) {
                 tracing::debug!(container = %id, "removing an idle or expired container");
                 self.drop_container(&id).await;
             }
@@ -598,35 +611,29 @@ impl Runner {
 
     /// Forgets a container no task will use again (it is no longer kept or talked to).
     fn forget_container(&self, id: &str) {
-        self.kept.remove(id);
-        self.agents().remove(id);
+        self.containers.forget(id);
     }
 
     /// Removes a container, leaving it to the reaper to retry when that fails.
     async fn remove_or_retry(&self, id: &str) {
         if let Err(e) = self.engine.remove(id).await {
             tracing::warn!(container = %id, error = %e, "could not remove a container; will retry");
-            self.unremoved().insert(id.to_string());
+            self.containers.removal_failed(id);
         }
-    }
-
-    fn unremoved(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
-        self.unremoved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Retries removals that failed (the engine was away).
     async fn retry_removals(&self) {
-        let pending: Vec<String> = self.unremoved().drain().collect();
-        for id in pending {
+        for id in self.containers.take_unremoved() {
             if self.engine.remove(&id).await.is_err() {
-                self.unremoved().insert(id);
+                self.containers.removal_failed(&id);
             }
         }
     }
 
     /// Containers kept for reuse right now.
     pub fn kept_count(&self) -> usize {
-        self.kept.len()
+        self.containers.kept_count()
     }
 }
 

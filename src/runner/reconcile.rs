@@ -258,7 +258,6 @@ impl Runner {
                 }
             }
         }
-        self.drop_container(&cid).await;
         let printed_past_cap = result.printed.is_some_and(|(o, e)| o.max(e) > cap as u64);
         let mut outcome = Outcome {
             exit_code: result.exit_code,
@@ -294,6 +293,9 @@ impl Runner {
         {
             tracing::error!(task = %task.id, error = %e, "could not record a resumed task");
         }
+        // Only once the end is recorded: a server killed before that finds the container,
+        // and the job's end in it, at its next start.
+        self.drop_container(&cid).await;
     }
 
     async fn end(&self, task: &TaskRecord, state: TaskState, exit_code: Option<i64>, why: &str) {
@@ -341,7 +343,6 @@ impl Runner {
                 }
             }
         };
-        self.drop_container(&cid).await;
         let outcome = Outcome {
             exit_code: code,
             error: (state != TaskState::Finished).then_some(why),
@@ -354,5 +355,6 @@ impl Runner {
         {
             tracing::error!(task = %task.id, error = %e, "could not record a re-attached task");
         }
+        self.drop_container(&cid).await;
     }
 }
