@@ -286,16 +286,27 @@ impl Runner {
                 None => super::terminal_for_exit(result.exit_code),
             },
         };
+        self.finish_then_drop(&task, &cid, state, &outcome).await;
+    }
+
+    /// Records the end of a task picked up after a restart, then removes its container.
+    /// Only in that order: a server killed in between finds the container, and the job's end
+    /// in it, at its next start.
+    async fn finish_then_drop(
+        &self,
+        task: &TaskRecord,
+        cid: &str,
+        state: TaskState,
+        outcome: &Outcome,
+    ) {
         if let Err(e) = self
             .store
-            .finish(task.id, state, &outcome, Some(ContainerState::Removed))
+            .finish(task.id, state, outcome, Some(ContainerState::Removed))
             .await
         {
-            tracing::error!(task = %task.id, error = %e, "could not record a resumed task");
+            tracing::error!(task = %task.id, error = %e, "could not record a re-attached task");
         }
-        // Only once the end is recorded: a server killed before that finds the container,
-        // and the job's end in it, at its next start.
-        self.drop_container(&cid).await;
+        self.drop_container(cid).await;
     }
 
     async fn end(&self, task: &TaskRecord, state: TaskState, exit_code: Option<i64>, why: &str) {
@@ -348,13 +359,6 @@ impl Runner {
             error: (state != TaskState::Finished).then_some(why),
             ..Outcome::default()
         };
-        if let Err(e) = self
-            .store
-            .finish(task.id, state, &outcome, Some(ContainerState::Removed))
-            .await
-        {
-            tracing::error!(task = %task.id, error = %e, "could not record a re-attached task");
-        }
-        self.drop_container(&cid).await;
+        self.finish_then_drop(&task, &cid, state, &outcome).await;
     }
 }
