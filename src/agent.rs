@@ -720,15 +720,26 @@ pub async fn collect(
     on_chunk: &(dyn Fn(Stream, &[u8]) + Send + Sync),
     result: &mut ExecResult,
 ) {
-    let flood = cap.saturating_mul(8).saturating_add(1 << 20);
+    collect_each(rx, (cap, cap), on_chunk, result).await
+}
+
+/// [`collect`] with a cap of its own for stdout and for stderr (a resumed job whose record
+/// already holds some of each has that much less room left on each).
+pub async fn collect_each(
+    rx: &mut mpsc::Receiver<JobEvent>,
+    caps: (usize, usize),
+    on_chunk: &(dyn Fn(Stream, &[u8]) + Send + Sync),
+    result: &mut ExecResult,
+) {
+    let flood = caps.0.max(caps.1).saturating_mul(8).saturating_add(1 << 20);
     let mut produced = 0usize;
     loop {
         match rx.recv().await {
             Some(JobEvent::Output(stream, data)) => {
                 on_chunk(stream, &data);
-                let buf = match stream {
-                    Stream::Stdout => &mut result.stdout,
-                    Stream::Stderr => &mut result.stderr,
+                let (buf, cap) = match stream {
+                    Stream::Stdout => (&mut result.stdout, caps.0),
+                    Stream::Stderr => (&mut result.stderr, caps.1),
                 };
                 let room = cap.saturating_sub(buf.len());
                 buf.extend_from_slice(&data[..data.len().min(room)]);
@@ -1087,6 +1098,32 @@ mod tests {
         let mut unknown = ExecResult::default();
         collect(&mut rx, 1024, &|_, _| {}, &mut unknown).await;
         assert!(unknown.lost.is_some_and(|w| w.contains("no longer knows")));
+    }
+
+    /// Each stream is kept up to its own cap.
+    #[tokio::test]
+    async fn each_stream_has_its_own_cap() {
+        let (l, _) = local(true);
+        let mut rx = l
+            .agent
+            .start(
+                22,
+                &req(&["sh", "-c", "printf 0123456789; printf abcdefghij >&2"]),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let mut out = ExecResult::default();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            collect_each(&mut rx, (3, 20), &|_, _| {}, &mut out),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the job did not end"));
+        assert_eq!(
+            (&out.stdout[..], &out.stderr[..]),
+            (&b"012"[..], &b"abcdefghij"[..])
+        );
+        assert!(out.truncated);
     }
 
     /// A replay asked while the job still runs: live output that overtakes the replay is

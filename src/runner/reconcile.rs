@@ -231,7 +231,7 @@ impl Runner {
                 let room = cap.saturating_sub(usize::try_from(stored.0).unwrap_or(usize::MAX));
                 let room_err = cap.saturating_sub(usize::try_from(stored.1).unwrap_or(usize::MAX));
                 {
-                    let exec = agent::collect(&mut rx, room.max(room_err), &sink, &mut result);
+                    let exec = agent::collect_each(&mut rx, (room, room_err), &sink, &mut result);
                     tokio::pin!(exec);
                     tokio::select! {
                         () = &mut exec => {}
@@ -249,13 +249,6 @@ impl Runner {
                 }
                 stop_spool.cancel();
                 let _ = spooling.await;
-                // What came past each stream's own room is beyond the cap.
-                for (buf, room) in [(&mut result.stdout, room), (&mut result.stderr, room_err)] {
-                    if buf.len() > room {
-                        buf.truncate(room);
-                        result.truncated = true;
-                    }
-                }
             }
         }
         let printed_past_cap = result.printed.is_some_and(|(o, e)| o.max(e) > cap as u64);
