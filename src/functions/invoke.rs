@@ -181,6 +181,9 @@ struct Ran {
     answer: Option<Result<Answer, Failure>>,
     /// The worker can serve another call.
     healthy: bool,
+    /// The call never reached the runtime (it had died while idle): another worker may take
+    /// it.
+    not_sent: bool,
 }
 
 impl Ran {
@@ -313,13 +316,36 @@ impl Functions {
             Accepted::Now(w) => Ok(w),
             Accepted::Waiting(rx) => self.wait_for_worker(&mut d, id, rx).await,
         };
-        let w = match lease {
+        let mut w = match lease {
             Ok(w) => w,
             Err(failure) => return self.record(id, &d, Ran::default(), Err(failure)).await,
         };
-        let ran = self.call_worker(&d, &w, &call).await;
-        let todo = d.pool.release(w, ran.healthy);
-        self.act(&d, todo);
+        let mut tries = 0;
+        let ran = loop {
+            let ran = self.call_worker(&d, &w, &call).await;
+            let todo = d.pool.release(w, ran.healthy);
+            self.act(&d, todo);
+            if !(ran.not_sent && tries < 3) {
+                break ran;
+            }
+            // Its runtime had died while idle (a daemon it left ate the memory, say): the
+            // call goes to another worker rather than fail for what an earlier one did.
+            tries += 1;
+            let (rx, todo) = d.pool.enqueue();
+            self.act(&d, todo);
+            w = match rx.await {
+                Ok(Ok(next)) => next,
+                Ok(Err(e)) => {
+                    let failure = match e {
+                        LeaseError::QueueFull(n) => Failure::QueueFull(n),
+                        LeaseError::Unavailable(why) => Failure::Unavailable(why),
+                        LeaseError::Retired => Failure::Gone,
+                    };
+                    return self.record(id, &d, Ran::default(), Err(failure)).await;
+                }
+                Err(_) => break ran,
+            };
+        };
         let answer = ran
             .answer
             .clone()
@@ -413,6 +439,7 @@ impl Functions {
                 while let Ok(ev) = events.try_recv() {
                     if matches!(ev, WorkerEvent::Exited(..) | WorkerEvent::Lost) {
                         ran.healthy = false;
+                        ran.not_sent = true;
                         ran.answer = Some(Err(Failure::Function(
                             "the function's runtime had stopped; the next call gets a new one"
                                 .into(),

@@ -337,7 +337,7 @@ impl Functions {
         for _ in 0..todo.start {
             let me = self.clone();
             let d = d.clone();
-            tokio::spawn(async move {
+            self.runner.track(async move {
                 if let Err(e) = me.start_container(&d).await {
                     tracing::warn!(function = %d.full_name(), error = %e.message(), "a warm container could not be started");
                 }
@@ -352,7 +352,7 @@ impl Functions {
         match made {
             Ok((container, workers)) => {
                 let id = container.id.clone();
-                if !d.pool.started(container, workers) {
+                if self.runner.is_stopping() || !d.pool.started(container, workers) {
                     self.runner.remove_function_container(&id).await;
                 }
                 Ok(())

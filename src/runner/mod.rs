@@ -197,6 +197,20 @@ impl Runner {
         self.cfg.max_body_bytes
     }
 
+    /// Runs `fut` as part of the server's work: the shutdown waits for it before it removes
+    /// the server's containers (so a container being made is never left behind).
+    pub(crate) fn track<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(fut);
+    }
+
+    /// Whether the server has begun to shut down.
+    pub fn is_stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     /// Completes when the server begins to shut down.
     pub async fn stopping(&self) {
         self.shutdown.cancelled().await
