@@ -10,7 +10,8 @@
  * attach stream's detach-key sequence (Docker cuts an attach on it):
  *     <type> <job> [<base64 payload>]\n
  *   R  run      payload: u32 argc, u32 envc, u8 flags (1: stdin follows; 2: a u32 `keep`
- *               follows), [u32 keep], then cwd, argv[], env[] ("K=V", laid over the agent's
+ *               follows; 4: the job ends when its process does, its pipes closed then,
+ *               whatever still holds them), [u32 keep], then cwd, argv[], env[] ("K=V", laid over the agent's
  *               own environment), each NUL-terminated. The first `keep` bytes of each of the
  *               job's streams are kept until the job is acknowledged, for G.
  *   I  stdin    payload: bytes for the job's stdin
@@ -80,6 +81,7 @@ struct job {
     char *pending;  /* stdin bytes not yet written */
     size_t pending_len, pending_off;
     int close_in;   /* close stdin once pending is written */
+    int ends_with_process; /* flag 4: a child left holding the pipes does not keep it open */
     int reaped;
     uint32_t code;
     int ended;      /* X or F sent */
@@ -250,6 +252,7 @@ static void start_job(uint32_t id, const unsigned char *p, size_t len) {
     }
     uint32_t argc = get_u32(p), envc = get_u32(p + 4);
     int want_stdin = p[8] & 1;
+    j->ends_with_process = (p[8] & 4) != 0;
     size_t off = 9, got = 0;
     if (p[8] & 2) {
         if (len < 13) {
@@ -555,6 +558,25 @@ static void handle_line(unsigned char *line, size_t len) {
 
 /* ---- the loop ---------------------------------------------------------------------- */
 
+/* Reads what is in the pipe now and closes it once it is empty (or broken): for a job that
+ * ends with its process. */
+static void pump_nonblocking(struct job *j, int *fd, char type) {
+    int fl = fcntl(*fd, F_GETFL);
+    if (fl >= 0) fcntl(*fd, F_SETFL, fl | O_NONBLOCK);
+    static unsigned char buf[CHUNK];
+    for (;;) {
+        ssize_t n = read(*fd, buf, sizeof buf);
+        if (n > 0) {
+            send_frame(type, j->id, buf, (size_t)n, NULL, 0);
+            retain(j, type == 'O' ? 0 : 1, buf, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        close_fd(fd);
+        return;
+    }
+}
+
 static void reap(void) {
     int st;
     pid_t pid;
@@ -564,6 +586,12 @@ static void reap(void) {
             if (j->used && j->pid == pid && !j->reaped) {
                 j->reaped = 1;
                 j->code = WIFEXITED(st) ? (uint32_t)WEXITSTATUS(st) : 128u + (uint32_t)WTERMSIG(st);
+                if (j->ends_with_process) {
+                    /* What it printed is read first; a daemon it left may hold the pipes
+                     * for ever, and is not waited for. */
+                    while (j->out_fd >= 0) pump_nonblocking(j, &j->out_fd, 'O');
+                    while (j->err_fd >= 0) pump_nonblocking(j, &j->err_fd, 'E');
+                }
                 maybe_end(j);
             }
         }

@@ -137,6 +137,10 @@ pub struct JobRequest {
     /// The job's stdin stays open after `stdin` (if any): more is sent with
     /// [`Agent::input`] (a function's runtime reads its invocations there).
     pub stdin_open: bool,
+    /// The job ends when its process does (what it printed by then is sent): a child it
+    /// left behind holding its output does not keep it open (a function's runtime that dies
+    /// must be seen to, whatever a handler started).
+    pub ends_with_process: bool,
     /// The first this many bytes of each stream stay with the agent until the job is
     /// acknowledged, so a restarted server can ask for what it had not stored
     /// ([`Agent::replay`]).
@@ -147,7 +151,11 @@ fn run_payload(req: &JobRequest) -> Vec<u8> {
     let mut p = Vec::new();
     p.extend_from_slice(&(req.argv.len() as u32).to_le_bytes());
     p.extend_from_slice(&(req.env.len() as u32).to_le_bytes());
-    p.push(u8::from(req.stdin.is_some() || req.stdin_open) | 2);
+    p.push(
+        u8::from(req.stdin.is_some() || req.stdin_open)
+            | 2
+            | (u8::from(req.ends_with_process) << 2),
+    );
     p.extend_from_slice(&req.keep.to_le_bytes());
     for s in std::iter::once(&req.cwd)
         .chain(req.argv.iter())
@@ -902,6 +910,7 @@ mod tests {
             stdin: Some(vec![0x10, 0x11, 0, 255]),
             keep: 1 << 20,
             stdin_open: false,
+            ends_with_process: false,
         };
         let l = line(b'R', 42, Some(&run_payload(&req)));
         assert!(l.starts_with(b"R 42 "));
@@ -1082,6 +1091,24 @@ mod tests {
         .await;
         assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\n");
         assert_eq!(out.exit_code, Some(0));
+    }
+
+    /// A job that ends with its process (a function's runtime) is over when the process
+    /// is, with what it printed, though a daemon it left holds its output for ever.
+    #[tokio::test]
+    async fn a_job_that_ends_with_its_process_does_not_wait_for_its_daemons() {
+        let (l, _) = local(true);
+        let mut r = req(&[
+            "sh",
+            "-c",
+            "echo a; (trap '' TERM; sleep 30; echo late) & kill -9 $$",
+        ]);
+        r.ends_with_process = true;
+        let out = tokio::time::timeout(std::time::Duration::from_secs(10), run(&l.agent, 9, &r))
+            .await
+            .unwrap_or_else(|_| panic!("the job waited for the daemon holding its pipes"));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a\n");
+        assert_eq!(out.exit_code, Some(137));
     }
 
     /// What a restarted server does: ask for a job's output from where its copy ends. The

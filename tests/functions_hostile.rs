@@ -13,7 +13,12 @@ use common::*;
 
 async fn deploy(s: &Server, name: &str, body: Value) {
     let r = s.put(&format!("/functions/{name}"), &body).await;
-    assert!(r.status == 201 || r.status == 200, "deploy {name}: {} {}", r.status, r.body);
+    assert!(
+        r.status == 201 || r.status == 200,
+        "deploy {name}: {} {}",
+        r.status,
+        r.body
+    );
 }
 
 /// Status, content type, task id and body of a call.
@@ -110,7 +115,12 @@ async fn hostile_handlers_cost_one_call_at_most() {
     let (status, _, id, body) = call(&s, "h/py", "flood").await;
     assert_eq!((status, body.as_slice()), (200, b"flooded".as_slice()));
     let t = s.get(&format!("/fn/{id}")).await.body;
-    assert_eq!(t["output_truncated"], true, "{}", t["stderr"].as_str().map(str::len).unwrap_or(0));
+    assert_eq!(
+        t["output_truncated"],
+        true,
+        "{}",
+        t["stderr"].as_str().map(str::len).unwrap_or(0)
+    );
     assert!(t["stderr"].as_str().map(str::len).unwrap_or(0) <= 1 << 20);
     ok_after(&s, "h/py").await;
 
@@ -127,7 +137,10 @@ async fn hostile_handlers_cost_one_call_at_most() {
     let (status, _, id, _) = call(&s, "h/py", "ok").await;
     assert_eq!(status, 200);
     let t = s.get(&format!("/fn/{id}")).await.body;
-    assert!(t["stderr"].as_str().map(str::len).unwrap_or(0) < 4096, "{t}");
+    assert!(
+        t["stderr"].as_str().map(str::len).unwrap_or(0) < 4096,
+        "{t}"
+    );
 
     // Killing its own runtime costs that call.
     let (status, _, _, body) = call(&s, "h/py", "suicide").await;
@@ -136,27 +149,47 @@ async fn hostile_handlers_cost_one_call_at_most() {
 
     // Bytes that are not UTF-8 come back as they are; the record keeps them in base64.
     let (status, ctype, id, body) = call(&s, "h/py", "bytes").await;
-    assert_eq!((status, body.as_slice()), (200, b"\xff\xfe\x00ok".as_slice()));
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, b"\xff\xfe\x00ok".as_slice())
+    );
     assert_eq!(ctype, "application/octet-stream");
     let t = s.get(&format!("/fn/{id}")).await.body;
     assert_eq!(t["result"]["encoding"], "base64", "{t}");
 
-    // 100 MiB of output is over the cap: a clear error, and the runtime lives on.
-    let (status, _, _, body) = call(&s, "h/py", "huge").await;
+    // 100 MiB of output is over the cap: a clear error, and the runtime lives on (in a
+    // container with room for it: the one above would run out of memory first).
+    deploy(
+        &s,
+        "h/huge",
+        json!({"runtime": "python", "limits": {"memory_mb": 1024}, "code": PY}),
+    )
+    .await;
+    let (status, _, _, body) = call(&s, "h/huge", "huge").await;
     assert_eq!(status, 500);
     let err: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     assert_eq!(err["code"], "function_error");
-    assert!(err["message"].as_str().unwrap_or("").contains("cap"), "{err}");
-    ok_after(&s, "h/py").await;
+    assert!(
+        err["message"].as_str().unwrap_or("").contains("cap"),
+        "{err}"
+    );
+    ok_after(&s, "h/huge").await;
     s.stop().await;
 }
 
 #[tokio::test]
 async fn a_caller_that_never_reads_does_not_hold_the_function() {
     let s = Server::start().await;
-    deploy(&s, "h/big", json!({"runtime": "python", "code": PY, "max_containers": 1})).await;
+    deploy(
+        &s,
+        "h/big",
+        json!({"runtime": "python", "code": PY, "max_containers": 1}),
+    )
+    .await;
     let addr = s.base.trim_start_matches("http://").to_string();
-    let mut sock = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut sock = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
     sock.write_all(
         b"POST /functions/h/big/invoke HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nbig",
     )
@@ -169,7 +202,10 @@ async fn a_caller_that_never_reads_does_not_hold_the_function() {
         if f["invocations"]["by_state"]["FINISHED"] == 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "the unread call never finished: {f}");
+        assert!(
+            Instant::now() < deadline,
+            "the unread call never finished: {f}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ok_after(&s, "h/big").await;
@@ -225,7 +261,9 @@ async fn scale_up_while_calls_wait_then_back_to_warm_when_idle() {
     let mut calls = Vec::new();
     for _ in 0..3 {
         let req = s.http.post(s.url("/functions/h/scale/invoke")).body("x");
-        calls.push(tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) }));
+        calls.push(tokio::spawn(async move {
+            req.send().await.map(|r| r.status().as_u16())
+        }));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -233,7 +271,10 @@ async fn scale_up_while_calls_wait_then_back_to_warm_when_idle() {
         if c["busy"].as_u64().unwrap_or(0) >= 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "no second container while calls waited: {c}");
+        assert!(
+            Instant::now() < deadline,
+            "no second container while calls waited: {c}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for c in calls {
@@ -245,7 +286,10 @@ async fn scale_up_while_calls_wait_then_back_to_warm_when_idle() {
         if c["ready"] == 1 && c["busy"] == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "idle containers above warm stayed: {c}");
+        assert!(
+            Instant::now() < deadline,
+            "idle containers above warm stayed: {c}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     s.stop().await;

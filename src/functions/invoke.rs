@@ -564,6 +564,7 @@ impl Functions {
             cwd: CODE_DIR.into(),
             stdin: Some(call.body.to_vec()),
             stdin_open: false,
+            ends_with_process: false,
             keep: 0,
         };
         let mut ran = Ran {

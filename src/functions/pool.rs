@@ -126,6 +126,7 @@ pub async fn start_runtime(
         cwd: CODE_DIR.to_string(),
         stdin: None,
         stdin_open: true,
+        ends_with_process: true,
         keep: 0,
     };
     let rx = container

@@ -173,6 +173,7 @@ impl Runner {
             stdin: spec.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
             keep: u32::try_from(self.cfg.max_output_bytes).unwrap_or(u32::MAX),
             stdin_open: false,
+            ends_with_process: false,
         };
         match placement.agent.start(job, &req).await {
             Ok(rx) => Ok(rx),
