@@ -102,7 +102,7 @@ pub enum FnCommand {
     /// Show one function: version, code, settings, containers, invocations.
     Describe(FnNameArgs),
     /// Remove a function (calls in flight finish first).
-    Rm(FnNameArgs),
+    Rm(FnRmArgs),
     /// What a function's handler printed.
     Logs(FnLogsArgs),
 }
@@ -255,6 +255,14 @@ pub struct FnNameArgs {
     /// Print the function as the server answered it.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FnRmArgs {
+    #[command(flatten)]
+    pub server: ServerArg,
+    /// ns/name.
+    pub function: FunctionName,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -957,6 +965,22 @@ pub fn log_line(l: &LogLine) -> String {
     format!("{} {} {mark} {}", l.at, l.task_id, l.line)
 }
 
+/// How far before the last line's `at` a follow-up poll asks from: an invocation's `at` is
+/// when it finished, stamped a moment before its record is written, so one written just
+/// after a poll may carry an `at` before the last one that poll showed.
+const SINCE_SLACK: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
+/// The `since` of the poll after one whose last line was at `at`: a little earlier (the
+/// lines seen again are not printed again).
+pub fn since_for(at: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(at) {
+        Ok(t) => (t.with_timezone(&chrono::Utc) - SINCE_SLACK)
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string(),
+        Err(_) => at.to_string(),
+    }
+}
+
 /// Remembers which log lines were printed, so that `ufaas fn logs -f` prints each once
 /// although each poll gives again the lines of the invocations at its `since`.
 #[derive(Debug, Default)]
@@ -1006,7 +1030,7 @@ async fn log_batch(
     let Some(first) = lines.first().map(|l| l.task_id) else {
         return Ok((lines, 0));
     };
-    if lines.len() < asked || q.task.is_some() {
+    if lines.len() < asked {
         return Ok((lines, 0));
     }
     let shown = lines.iter().filter(|l| l.task_id == first).count();
@@ -1171,14 +1195,10 @@ async fn describe(a: FnNameArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn remove(a: FnNameArgs) -> anyhow::Result<i32> {
+async fn remove(a: FnRmArgs) -> anyhow::Result<i32> {
     let client = a.server.client()?;
     client.delete_function(&a.function).await?;
-    if a.json {
-        print_json(&json!({"removed": a.function.to_string()}))?;
-    } else {
-        println!("removed {}", a.function);
-    }
+    println!("removed {}", a.function);
     Ok(0)
 }
 
@@ -1217,7 +1237,7 @@ async fn logs(a: FnLogsArgs) -> anyhow::Result<i32> {
         }
         let q = LogQuery {
             tail: Some(MAX_TAIL),
-            since: follower.since.clone(),
+            since: follower.since.as_deref().map(since_for),
             task: a.task,
         };
         let (batch, offset) = log_batch(&client, &a.function, &q).await?;
@@ -1681,6 +1701,11 @@ mod tests {
         assert_eq!(texts, ["a0", "a1", "b0", "same", "same"].map(String::from));
         assert_eq!(f.since.as_deref(), Some("t2"));
         assert!(f.fresh(batch, 0).is_empty(), "nothing twice");
+        assert_eq!(
+            since_for("2026-12-02T10:00:01.250Z"),
+            "2026-12-02T09:59:59.250Z"
+        );
+        assert_eq!(since_for("t2"), "t2");
     }
 
     #[test]
