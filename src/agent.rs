@@ -134,6 +134,9 @@ pub struct JobRequest {
     pub env: Vec<String>,
     pub cwd: String,
     pub stdin: Option<Vec<u8>>,
+    /// The job's stdin stays open after `stdin` (if any): more is sent with
+    /// [`Agent::input`] (a function's runtime reads its invocations there).
+    pub stdin_open: bool,
     /// The first this many bytes of each stream stay with the agent until the job is
     /// acknowledged, so a restarted server can ask for what it had not stored
     /// ([`Agent::replay`]).
@@ -144,7 +147,7 @@ fn run_payload(req: &JobRequest) -> Vec<u8> {
     let mut p = Vec::new();
     p.extend_from_slice(&(req.argv.len() as u32).to_le_bytes());
     p.extend_from_slice(&(req.env.len() as u32).to_le_bytes());
-    p.push(u8::from(req.stdin.is_some()) | 2);
+    p.push(u8::from(req.stdin.is_some() || req.stdin_open) | 2);
     p.extend_from_slice(&req.keep.to_le_bytes());
     for s in std::iter::once(&req.cwd)
         .chain(req.argv.iter())
@@ -511,6 +514,7 @@ impl Agent {
         if let Some(data) = req.stdin.clone() {
             // From its own task: a command that prints before it reads must not wait on us.
             let input = self.input.clone();
+            let open = req.stdin_open;
             tokio::spawn(async move {
                 let mut w = input.lock().await;
                 for piece in data.chunks(STDIN_PIECE) {
@@ -518,11 +522,26 @@ impl Agent {
                         return;
                     }
                 }
-                let _ = w.write_all(&line(b'C', job, None)).await;
+                if !open {
+                    let _ = w.write_all(&line(b'C', job, None)).await;
+                }
                 let _ = w.flush().await;
             });
         }
         Ok(rx)
+    }
+
+    /// Sends more bytes to the stdin of a job started with `stdin_open`, in order with
+    /// everything sent before.
+    pub async fn input(&self, job: u32, data: &[u8]) -> Result<(), AgentError> {
+        if self.is_lost() {
+            return Err(self.lost_error());
+        }
+        let mut lines = Vec::with_capacity(data.len() * 4 / 3 + 32);
+        for piece in data.chunks(STDIN_PIECE) {
+            lines.extend_from_slice(&line(b'I', job, Some(piece)));
+        }
+        self.send(&lines).await
     }
 
     /// Watches a job started by an earlier connection; see [`Agent::query`] for how it
@@ -882,6 +901,7 @@ mod tests {
             cwd: "/".into(),
             stdin: Some(vec![0x10, 0x11, 0, 255]),
             keep: 1 << 20,
+            stdin_open: false,
         };
         let l = line(b'R', 42, Some(&run_payload(&req)));
         assert!(l.starts_with(b"R 42 "));

@@ -59,6 +59,7 @@ codes! {
     InvalidHeader = "invalid_header", 400;
     InvalidMessage = "invalid_message", 400;
     UnknownOp = "unknown_op", 400;
+    InvalidCode = "invalid_code", 400;
     Unauthorized = "unauthorized", 401;
     NetworkNotAllowed = "network_not_allowed", 403;
     BindNotAllowed = "bind_not_allowed", 403;
@@ -70,12 +71,16 @@ codes! {
     LengthRequired = "length_required", 411;
     PayloadTooLarge = "payload_too_large", 413;
     UnsupportedMediaType = "unsupported_media_type", 415;
+    StepFailed = "step_failed", 422;
     UpgradeRequired = "upgrade_required", 426;
     QueueFull = "queue_full", 429;
     Internal = "internal", 500;
+    FunctionError = "function_error", 500;
     DockerUnavailable = "docker_unavailable", 503;
     DatabaseUnavailable = "database_unavailable", 503;
     CancelPending = "cancel_pending", 503;
+    FunctionUnavailable = "function_unavailable", 503;
+    FunctionTimeout = "function_timeout", 504;
 }
 
 impl std::fmt::Display for Code {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod events;
+pub mod functions;
 pub mod http;
 pub mod model;
 pub mod netguard;
@@ -69,6 +70,8 @@ pub async fn serve(
     };
     let runner = Runner::new(store, engine, cfg, instance, hardening, agent_mount)?;
     runner.start().await?;
+    let functions = functions::Functions::new(runner.clone())?;
+    functions.start().await?;
     tracing::info!(addr = %listener.local_addr()?, "ufaas listening");
     // On the signal, the runner stops first so that requests held by `?wait=` are answered
     // and the HTTP server's graceful shutdown does not wait on them.
@@ -78,7 +81,7 @@ pub async fn serve(
         stopping.begin_shutdown();
     };
     bound_send_buffer(&listener, send_buffer);
-    let server = warp::serve(http::routes(runner.clone(), tokens))
+    let server = warp::serve(http::routes(runner.clone(), functions, tokens))
         .incoming(listener)
         .graceful(signal)
         .run();

@@ -229,6 +229,15 @@ pub struct TaskRecord {
     pub reused_container_of: Option<TaskId>,
     pub locality: Option<Locality>,
     pub spec: Value,
+    /// An invocation's function (API.md section 5); absent for other tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionRef>,
+    /// An invocation's answer, once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// A pipeline's steps: the task id of each invocation, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<TaskId>>,
     /// The Docker exec the task ran as (not shown in the API).
     #[serde(skip)]
     pub exec_id: Option<String>,
@@ -236,6 +245,14 @@ pub struct TaskRecord {
     /// it comes; `stdout`/`stderr` are their text).
     #[serde(skip)]
     pub output_stored: (u64, u64),
+}
+
+/// The function version an invocation ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRef {
+    pub namespace: String,
+    pub name: String,
+    pub version: i64,
 }
 
 /// The container a task runs (or ran) in.

@@ -421,7 +421,7 @@ pub fn split_by_root(tar_bytes: &[u8], roots: &[String]) -> Result<Vec<(String, 
 }
 
 /// Normalises an archive entry's path; `None` for an absolute path or one with `..`.
-fn entry_path(raw: &str) -> Option<String> {
+pub(crate) fn entry_path(raw: &str) -> Option<String> {
     if raw.starts_with('/') || raw.contains('\0') {
         return None;
     }
@@ -439,7 +439,7 @@ fn entry_path(raw: &str) -> Option<String> {
 /// A link target is kept only when it stays inside the extracted tree. An entry whose path
 /// is empty (a name of ``""``, `.` or `./`) would put the link in place of the directory
 /// itself, where a relative target resolves beside the directory, not in it: refused.
-fn link_target_ok(entry: &str, target: &str) -> bool {
+pub(crate) fn link_target_ok(entry: &str, target: &str) -> bool {
     if target.starts_with('/') || target.is_empty() || entry.is_empty() {
         return false;
     }
@@ -457,6 +457,39 @@ fn link_target_ok(entry: &str, target: &str) -> bool {
         }
     }
     true
+}
+
+/// A tar stream followed, past its end, by zeros up to the next 512-byte block and two more
+/// blocks (the end-of-archive marker). Some tar writers leave out the final padding and the
+/// marker (FAAS's example payload ends right after its last file's bytes); the `tar` crate
+/// fails such an archive ("unexpected EOF during skip") although every entry is whole. With
+/// the zeros it reads to the marker; [`unpack`] refuses any entry whose data reaches past
+/// `real` (the bytes that really came), so only the padding is ever made up.
+struct PadToBlocks<R> {
+    inner: R,
+    real: std::rc::Rc<std::cell::Cell<u64>>,
+    /// Zeros still to give once `inner` has ended; `None` while it has not.
+    pad_left: Option<u64>,
+}
+
+impl<R: Read> Read for PadToBlocks<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pad_left.is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.real.set(self.real.get() + n as u64);
+                return Ok(n);
+            }
+            let partial = self.real.get() % 512;
+            let to_block = if partial == 0 { 0 } else { 512 - partial };
+            self.pad_left = Some(to_block + 1024);
+        }
+        let left = self.pad_left.unwrap_or(0);
+        let n = (buf.len() as u64).min(left) as usize;
+        buf[..n].fill(0);
+        self.pad_left = Some(left - n as u64);
+        Ok(n)
+    }
 }
 
 /// Reads one entry's bytes, at most `max + 1` (enough to tell it is too big); when
@@ -542,7 +575,12 @@ pub fn unpack(
     } else {
         Box::new(bytes)
     };
-    let mut archive = tar::Archive::new(reader);
+    let real = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let mut archive = tar::Archive::new(PadToBlocks {
+        inner: reader,
+        real: real.clone(),
+        pad_left: None,
+    });
     let entries = archive
         .entries()
         .map_err(|e| err(format!("not a readable tar: {e}")))?;
@@ -575,6 +613,13 @@ pub fn unpack(
                 let (size, data) = read_entry(&mut entry, max_bytes, out.is_discarding())
                     .map_err(|e| err(format!("entry `{name}`: {e}")))?;
                 add(size)?;
+                // Bytes past the archive's end are PadToBlocks' zeros: an entry that reached
+                // them was cut short, and is refused rather than unpacked zero-filled.
+                if entry.raw_file_position() + entry.size() > real.get() {
+                    return Err(err(format!(
+                        "entry `{name}` is cut short: the archive ends inside it"
+                    )));
+                }
                 out.file(&join(&rel), &data, mode)?;
             }
             tar::EntryType::Symlink => {
@@ -758,6 +803,30 @@ mod tests {
                     && m.contains("limit of 1000 bytes")),
             "{e:?}"
         );
+    }
+
+    /// A tar that ends right after its last file's bytes (no padding to 512, no end-of-archive
+    /// blocks, as FAAS's example payload) unpacks whole; one cut inside a file's bytes is
+    /// refused, not unpacked zero-filled.
+    #[test]
+    fn a_tar_without_its_end_blocks_unpacks_but_one_cut_inside_a_file_does_not() {
+        let full = make_tar(&[("a.txt", b"A"), ("b.txt", &[b'b'; 700])], false);
+        // Header of a (512) + its block (512) + header of b (512) + 700 bytes.
+        let unpadded = &full[..512 * 3 + 700];
+        let mut w = TarWriter::new();
+        unpack(0, unpadded, "/w", &mut w, 10_000).expect("every entry is whole");
+        let got = read_back(w.finish().unwrap_or_default());
+        assert_eq!(got[1], ("w/b.txt".to_string(), vec![b'b'; 700]));
+        for cut in [512 * 3 + 699, 512 * 3 + 10, 512 * 2 + 300] {
+            let e = unpack(0, &full[..cut], "/w", &mut TarWriter::new(), 10_000)
+                .err()
+                .map(|e| e.to_string());
+            assert!(e.is_some(), "cut at {cut} was accepted");
+        }
+        let e = check_archive(0, &full[..512 * 3 + 699], 10_000)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|m| m.contains("cut short")));
     }
 
     #[test]

@@ -128,7 +128,7 @@ fn bad(code: Code, field: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, field, message)
 }
 
-fn type_name(v: &Value) -> &'static str {
+pub(crate) fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -139,7 +139,7 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn wrong_type(field: &str, want: &str, got: &Value) -> ApiError {
+pub(crate) fn wrong_type(field: &str, want: &str, got: &Value) -> ApiError {
     bad(
         Code::InvalidType,
         field,
@@ -147,7 +147,7 @@ fn wrong_type(field: &str, want: &str, got: &Value) -> ApiError {
     )
 }
 
-fn get_str<'a>(
+pub(crate) fn get_str<'a>(
     obj: &'a Map<String, Value>,
     key: &str,
     field: &str,
@@ -194,7 +194,7 @@ fn get_positive_int(
     }
 }
 
-fn no_nul(s: &str, field: &str) -> Result<(), ApiError> {
+pub(crate) fn no_nul(s: &str, field: &str) -> Result<(), ApiError> {
     if s.contains('\0') {
         return Err(bad(
             Code::InvalidValue,
@@ -205,7 +205,11 @@ fn no_nul(s: &str, field: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_unknown(obj: &Map<String, Value>, allowed: &[&str], prefix: &str) -> Result<(), ApiError> {
+pub(crate) fn check_unknown(
+    obj: &Map<String, Value>,
+    allowed: &[&str],
+    prefix: &str,
+) -> Result<(), ApiError> {
     for key in obj.keys() {
         if !allowed.contains(&key.as_str()) {
             let field = if prefix.is_empty() {
@@ -603,7 +607,7 @@ fn parse_pwd(obj: &Map<String, Value>) -> Result<Option<String>, ApiError> {
 }
 
 /// `env`: an object of shell-style names; numbers and booleans become their JSON text.
-fn parse_env(obj: &Map<String, Value>) -> Result<BTreeMap<String, String>, ApiError> {
+pub(crate) fn parse_env(obj: &Map<String, Value>) -> Result<BTreeMap<String, String>, ApiError> {
     let mut env = BTreeMap::new();
     let map = match obj.get("env") {
         None => return Ok(env),
@@ -709,7 +713,7 @@ fn parse_priority(obj: &Map<String, Value>) -> Result<i64, ApiError> {
 }
 
 /// `limits`: `memory_mb`, `cpus` and `pids`, each within what the policy allows.
-fn parse_limits(obj: &Map<String, Value>, policy: &Policy) -> Result<Limits, ApiError> {
+pub(crate) fn parse_limits(obj: &Map<String, Value>, policy: &Policy) -> Result<Limits, ApiError> {
     let map = match obj.get("limits") {
         None => return Ok(Limits::default()),
         Some(Value::Object(map)) => map,
@@ -798,7 +802,7 @@ fn parse_pids(limits: &Map<String, Value>, policy: &Policy) -> Result<Option<u64
 }
 
 /// `network`: false unless given, and true only where the policy allows it.
-fn parse_network(obj: &Map<String, Value>, policy: &Policy) -> Result<bool, ApiError> {
+pub(crate) fn parse_network(obj: &Map<String, Value>, policy: &Policy) -> Result<bool, ApiError> {
     let network = get_bool(obj, "network", "network")?.unwrap_or(false);
     if network && !policy.allow_network {
         return Err(ApiError::new(

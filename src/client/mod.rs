@@ -527,6 +527,9 @@ mod tests {
             reused_container_of: Some(TaskId::new()),
             locality: Some(Locality::Hit),
             spec: serde_json::json!({"task_name": "t", "cmd_list": ["sh"], "limits": {"cpus": 0.1}}),
+            function: None,
+            result: None,
+            steps: None,
             exec_id: Some("not shown".into()),
             output_stored: (4, 4),
         }

@@ -22,6 +22,7 @@ use crate::store::ListFilter;
 
 pub mod auth;
 mod errors;
+mod functions;
 pub mod ws;
 
 /// Longest `?wait=` honoured, in seconds.
@@ -33,9 +34,11 @@ type Query = Vec<(String, String)>;
 /// the whole chain, so no route can skip it and its 401 wins over any other rejection.
 pub fn routes(
     runner: Arc<Runner>,
+    functions: Arc<crate::functions::Functions>,
     tokens: Option<auth::Tokens>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let limit = runner.max_body_bytes();
+    let functions = functions::routes(functions, limit);
     let with_runner = warp::any().map(move || runner.clone());
     let query = warp::query::<Query>();
     let body = body_limited(limit);
@@ -118,6 +121,8 @@ pub fn routes(
         .or(update)
         .unify()
         .or(delete)
+        .unify()
+        .or(functions)
         .unify();
     auth::filter(tokens)
         .and(routes)

@@ -172,6 +172,7 @@ impl Runner {
             cwd: placement.workdir.clone(),
             stdin: spec.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
             keep: u32::try_from(self.cfg.max_output_bytes).unwrap_or(u32::MAX),
+            stdin_open: false,
         };
         match placement.agent.start(job, &req).await {
             Ok(rx) => Ok(rx),
@@ -401,37 +402,30 @@ impl Runner {
         }
     }
 
-    /// A new container for the task: its limits, labels, mounts and the hardening defaults.
-    fn container_spec(
-        &self,
-        task_id: TaskId,
-        spec: &TaskSpec,
-        workdir: &str,
-        tmpfs: HashMap<String, String>,
-        binds: Vec<String>,
-        mount: AgentMount,
-    ) -> ContainerSpec {
-        let memory_mb = spec.limits.memory_mb.unwrap_or(self.cfg.default_memory_mb);
-        let cpus = spec.limits.cpus.unwrap_or(self.cfg.default_cpus);
-        let pids = spec.limits.pids.unwrap_or(self.cfg.default_pids);
+    /// A new container: its limits, labels (`label`, beside the instance and boot ones),
+    /// mounts and the hardening defaults.
+    fn container_spec(&self, plan: ContainerPlan<'_>, mount: AgentMount) -> ContainerSpec {
+        let memory_mb = plan.limits.memory_mb.unwrap_or(self.cfg.default_memory_mb);
+        let cpus = plan.limits.cpus.unwrap_or(self.cfg.default_cpus);
+        let pids = plan.limits.pids.unwrap_or(self.cfg.default_pids);
         let mut labels = HashMap::new();
         labels.insert(LABEL_INSTANCE.to_string(), self.instance.clone());
-        labels.insert(LABEL_TASK.to_string(), task_id.to_string());
+        labels.insert(plan.label.0.to_string(), plan.label.1);
         labels.insert(LABEL_BOOT.to_string(), self.boot.clone());
         ContainerSpec {
-            image: spec.image.clone(),
+            image: plan.image.to_string(),
             labels,
-            working_dir: spec.pwd.clone(),
+            working_dir: plan.working_dir,
             memory_bytes: (memory_mb as i64).saturating_mul(1 << 20),
             nano_cpus: (cpus * 1e9) as i64,
             pids: pids as i64,
-            tmpfs,
-            binds,
-            network: spec.network,
+            tmpfs: plan.tmpfs,
+            binds: plan.binds,
+            network: plan.network,
             hardening: Hardening {
                 // With a read-only root, what must stay writable (and take our uploads) are
                 // anonymous volumes, removed with the container.
-                writable: writable_roots(workdir),
+                writable: writable_roots(plan.workdir),
                 ..self.hardening.clone()
             },
             main: agent::PATH.to_string(),
@@ -440,6 +434,56 @@ impl Runner {
                 AgentMount::Upload => None,
             },
         }
+    }
+
+    /// A container for a function's runtimes (crate::functions): made with the hardening
+    /// every task container gets, its files placed, started, its agent attached. Removed
+    /// again when any step fails.
+    pub(crate) async fn start_function_container(
+        &self,
+        plan: ContainerPlan<'_>,
+        files: Vec<u8>,
+    ) -> Result<(String, Arc<Agent>), String> {
+        self.engine
+            .ensure_image(plan.image)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mount = self.agent_mount();
+        let uploaded = match mount {
+            AgentMount::Upload => {
+                let mut tar = resources::TarWriter::new();
+                tar.file(agent::PATH, agent::BINARY, 0o755)
+                    .and_then(|()| tar.finish())
+                    .map(Some)
+                    .map_err(|e| e.to_string())?
+            }
+            AgentMount::Bind(_) => None,
+        };
+        let workdir = plan.workdir.to_string();
+        let cspec = self.container_spec(plan, mount);
+        let (cid, switched) = self
+            .create_container(cspec)
+            .await
+            .map_err(|e| format!("creating the container failed: {e}"))?;
+        let agent_uploaded = uploaded.or(switched);
+        match self
+            .start_container(&cid, Some(files), agent_uploaded, &workdir)
+            .await
+        {
+            Ok(agent) => Ok((cid, agent)),
+            Err(e) => {
+                self.containers.forget(&cid);
+                let _ = self.engine.remove(&cid).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a function's container (crate::functions), now or, when Docker is away,
+    /// later by the reaper.
+    pub(crate) async fn remove_function_container(&self, cid: &str) {
+        self.forget_container(cid);
+        self.remove_or_retry(cid).await;
     }
 
     /// Places the files (and the agent, when it is uploaded), attaches to the agent, and
@@ -557,11 +601,16 @@ impl Runner {
         };
 
         let cspec = self.container_spec(
-            task.id,
-            spec,
-            &workdir,
-            prepared.tmpfs,
-            prepared.binds,
+            ContainerPlan {
+                label: (LABEL_TASK, task.id.to_string()),
+                image: &spec.image,
+                working_dir: spec.pwd.clone(),
+                workdir: &workdir,
+                limits: &spec.limits,
+                network: spec.network,
+                tmpfs: prepared.tmpfs,
+                binds: prepared.binds,
+            },
             mount,
         );
         let ttl = spec.ttl.unwrap_or(self.cfg.default_ttl);
@@ -681,6 +730,21 @@ impl Runner {
             }
         }
     }
+}
+
+/// What a new container is made of, beyond the server's defaults.
+pub(crate) struct ContainerPlan<'a> {
+    /// A label of its own: the task it is for, or the function.
+    pub label: (&'static str, String),
+    pub image: &'a str,
+    /// The working directory asked for (else the image's).
+    pub working_dir: Option<String>,
+    /// The working directory it will have.
+    pub workdir: &'a str,
+    pub limits: &'a spec::Limits,
+    pub network: bool,
+    pub tmpfs: HashMap<String, String>,
+    pub binds: Vec<String>,
 }
 
 /// A container to remove once the task's end is recorded.

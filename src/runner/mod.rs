@@ -31,6 +31,7 @@ use crate::store::{NewTask, Store, StoreError, UpdateResult};
 
 use containers::Containers;
 pub use error::RunnerError;
+pub(crate) use execute::ContainerPlan;
 
 /// Bytes of parsed specs kept for queued tasks (past it, a spec is parsed again when its task
 /// runs). Small: a deep queue of small specs is cheap to parse again, and the bench's 10,000
@@ -309,24 +310,42 @@ impl Runner {
             let Ok(url) = reqwest::Url::parse(uri) else {
                 continue;
             };
-            let Some(host) = url.host_str() else { continue };
-            if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
-                continue; // literal addresses were judged by the parser
-            }
+            self.check_fetch_url(&url)
+                .await
+                .map_err(|e| e.with_field(format!("resource_list[{i}].uri")))?;
+        }
+        Ok(())
+    }
+
+    /// Resolves the host of a URL the server is to fetch or post to, and refuses one that
+    /// points at this machine or a private network (unless `--allow-fetch` opens it). A name
+    /// that does not resolve now is left for the connection to report.
+    pub async fn check_fetch_url(&self, url: &reqwest::Url) -> Result<(), ApiError> {
+        let Some(host) = url.host_str() else {
+            return Ok(());
+        };
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
             let port = url.port_or_known_default().unwrap_or(80);
-            let lookup = tokio::time::timeout(
-                Duration::from_secs(3),
-                tokio::net::lookup_host((host, port)),
-            )
-            .await;
-            if let Ok(Ok(addrs)) = lookup {
-                let addrs: Vec<_> = addrs.collect();
-                if let Err(why) = self.policy.fetch_guard.check_resolved(host, &addrs) {
-                    return Err(ApiError::new(Code::UriNotAllowed,
-                        format!("`uri` may not be fetched: {why} (the operator can allow it with --allow-fetch)"),
-                    )
-                    .with_field(format!("resource_list[{i}].uri")));
-                }
+            return self
+                .policy
+                .fetch_guard
+                .check_resolved(host, &[std::net::SocketAddr::new(ip, port)])
+                .map_err(|why| {
+                    ApiError::new(Code::UriNotAllowed, format!("`{url}` may not be fetched: {why} (the operator can allow it with --allow-fetch)"))
+                });
+        }
+        let port = url.port_or_known_default().unwrap_or(80);
+        let lookup = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::lookup_host((host, port)),
+        )
+        .await;
+        if let Ok(Ok(addrs)) = lookup {
+            let addrs: Vec<_> = addrs.collect();
+            if let Err(why) = self.policy.fetch_guard.check_resolved(host, &addrs) {
+                return Err(ApiError::new(Code::UriNotAllowed,
+                    format!("`uri` may not be fetched: {why} (the operator can allow it with --allow-fetch)"),
+                ));
             }
         }
         Ok(())

@@ -13,7 +13,8 @@ use tokio::sync::Mutex;
 
 use crate::events::{state_wire, Events, StateEvent, TaskSummary};
 use crate::model::{
-    now_rfc3339, ContainerRef, ContainerState, Locality, Outcome, TaskId, TaskRecord, TaskState,
+    now_rfc3339, ContainerRef, ContainerState, FunctionRef, Locality, Outcome, TaskId, TaskRecord,
+    TaskState,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,10 @@ struct TaskRow {
     exec_id: Option<String>,
     stdout_bytes: i64,
     stderr_bytes: i64,
+    function: Option<String>,
+    function_version: Option<i64>,
+    result: Option<String>,
+    steps: Option<String>,
 }
 
 /// The columns of a [`TaskRow`], as a macro so that queries stay `&'static str` (sqlx 0.9
@@ -59,9 +64,13 @@ macro_rules! columns {
     () => {
         "id, task_name, state, image, priority, spec, created_at, started_at, finished_at, \
              exit_code, stdout, stderr, output_truncated, error, container_id, container_state, reuse_of, \
-         locality, exec_id, stdout_bytes, stderr_bytes"
+         locality, exec_id, stdout_bytes, stderr_bytes, function, function_version, result, steps"
     };
 }
+
+// After `columns!`, which it uses.
+mod functions;
+pub use functions::{LoggedTask, NewFunction, NewInvocation, StoredFunction, PIPELINE};
 
 impl TryFrom<TaskRow> for TaskRecord {
     type Error = StoreError;
@@ -81,7 +90,29 @@ impl TryFrom<TaskRow> for TaskRecord {
             Some("miss") => Some(Locality::Miss),
             Some(other) => return Err(corrupt("locality", other)),
         };
+        let function = match (&r.function, r.function_version) {
+            (Some(f), Some(version)) => {
+                let (ns, name) = f.split_once('/').ok_or_else(|| corrupt("function", f))?;
+                Some(FunctionRef {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    version,
+                })
+            }
+            _ => None,
+        };
+        let result = match &r.result {
+            Some(s) => Some(serde_json::from_str(s).map_err(|_| corrupt("result", s))?),
+            None => None,
+        };
+        let steps = match &r.steps {
+            Some(s) => Some(serde_json::from_str(s).map_err(|_| corrupt("steps", s))?),
+            None => None,
+        };
         Ok(TaskRecord {
+            function,
+            result,
+            steps,
             id: TaskId::from_str(&r.id).map_err(|_| corrupt("id", &r.id))?,
             state: TaskState::from_str(&r.state).map_err(|_| corrupt("state", &r.state))?,
             spec: serde_json::from_str(&r.spec).map_err(|_| corrupt("spec", &r.spec))?,
@@ -298,10 +329,12 @@ impl Store {
     ) -> Result<TaskRecord, StoreError> {
         let _w = self.writer().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let waiting: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state IN ('RECEIVED', 'PENDING')")
-                .fetch_one(&mut *tx)
-                .await?;
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tasks WHERE state IN ('RECEIVED', 'PENDING') \
+                 AND function IS NULL",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if waiting >= i64::from(max_queue) {
             return Err(StoreError::QueueFull(max_queue));
         }
@@ -342,10 +375,11 @@ impl Store {
         // A read first: the dispatcher asks until the queue is empty, and an empty claim
         // would otherwise be a write transaction of its own. A task queued after this read
         // wakes the dispatcher, which asks again.
-        let waiting: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM tasks WHERE state = 'PENDING' LIMIT 1")
-                .fetch_optional(&self.pool)
-                .await?;
+        let waiting: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM tasks WHERE state = 'PENDING' AND function IS NULL LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         if waiting.is_none() {
             return Ok(None);
         }
@@ -354,7 +388,7 @@ impl Store {
             &now_rfc3339(),
             sqlx::query_as(concat!(
                 "UPDATE tasks SET state = 'STARTING', container_state = NULL \
-                 WHERE num = (SELECT num FROM tasks WHERE state = 'PENDING' \
+                 WHERE num = (SELECT num FROM tasks WHERE state = 'PENDING' AND function IS NULL \
                  ORDER BY priority DESC, num ASC LIMIT 1) RETURNING ",
                 columns!()
             )),
@@ -367,7 +401,7 @@ impl Store {
         let rows: Vec<TaskRow> = sqlx::query_as(concat!(
             "SELECT ",
             columns!(),
-            " FROM tasks WHERE state IN ('STARTING', 'RUNNING') ORDER BY num"
+            " FROM tasks WHERE state IN ('STARTING', 'RUNNING') AND function IS NULL ORDER BY num"
         ))
         .fetch_all(&self.pool)
         .await?;

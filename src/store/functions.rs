@@ -1,0 +1,453 @@
+//! The SQL of named functions (API.md section 5): functions and their versions, sealed
+//! secrets, and invocations, which are tasks with a function, a result and (pipelines) steps.
+//!
+//! An invocation costs two writes when a warm runtime is free: it is stored already RUNNING
+//! (its RECEIVED, PENDING and RUNNING events in the one transaction), then ended with its
+//! result. One that has to wait is stored PENDING and marked RUNNING when a runtime takes it.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{Store, StoreError, TaskRow};
+use crate::model::{now_rfc3339, Outcome, TaskId, TaskRecord, TaskState};
+
+/// The `function` column of a pipeline's task: not a function, but not a plain task either
+/// (the task dispatcher must never claim it).
+pub const PIPELINE: &str = "pipeline";
+
+/// One stored version of a function.
+#[derive(Debug, Clone)]
+pub struct StoredFunction {
+    pub namespace: String,
+    pub name: String,
+    pub version: i64,
+    pub runtime: String,
+    /// The deploy body without its code.
+    pub config: Value,
+    /// A tar of the code directory.
+    pub code: Vec<u8>,
+    pub code_sha256: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct FunctionRow {
+    namespace: String,
+    name: String,
+    version: i64,
+    runtime: String,
+    config: String,
+    code: Vec<u8>,
+    code_sha256: String,
+    created_at: String,
+    updated_at: String,
+}
+
+impl TryFrom<FunctionRow> for StoredFunction {
+    type Error = StoreError;
+    fn try_from(r: FunctionRow) -> Result<Self, StoreError> {
+        Ok(StoredFunction {
+            config: serde_json::from_str(&r.config).map_err(|_| {
+                StoreError::Corrupt(format!("config of function {}/{}", r.namespace, r.name))
+            })?,
+            namespace: r.namespace,
+            name: r.name,
+            version: r.version,
+            runtime: r.runtime,
+            code: r.code,
+            code_sha256: r.code_sha256,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+macro_rules! function_columns {
+    () => {
+        "f.namespace, f.name, f.version, v.runtime, v.config, v.code, v.code_sha256, \
+         f.created_at, f.updated_at FROM functions f JOIN function_versions v \
+         ON v.namespace = f.namespace AND v.name = f.name AND v.version = f.version"
+    };
+}
+
+/// A function version to store.
+pub struct NewFunction<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub runtime: &'a str,
+    pub config: &'a Value,
+    pub code: &'a [u8],
+    pub code_sha256: &'a str,
+}
+
+/// An invocation (or a pipeline) to store as a task.
+pub struct NewInvocation<'a> {
+    pub id: TaskId,
+    /// `ns/name`, or [`PIPELINE`].
+    pub function: &'a str,
+    pub version: Option<i64>,
+    pub image: &'a str,
+    /// What the task record shows as its spec: the request.
+    pub spec: &'a Value,
+    /// Stored RUNNING at once (a runtime has taken it); else PENDING.
+    pub running: bool,
+    /// The container it runs in.
+    pub container: Option<&'a str>,
+}
+
+/// One stored line of a function's logs.
+#[derive(Debug, Clone)]
+pub struct LoggedTask {
+    pub task_id: TaskId,
+    pub at: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Store {
+    /// Stores a new version of `ns/name` and makes it current. Returns the stored function
+    /// and whether it was created (rather than replaced).
+    pub async fn put_function(
+        &self,
+        f: NewFunction<'_>,
+    ) -> Result<(StoredFunction, bool), StoreError> {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = now_rfc3339();
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(version) FROM function_versions WHERE namespace = ? AND name = ?",
+        )
+        .bind(f.namespace)
+        .bind(f.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        let version = last.unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO function_versions \
+             (namespace, name, version, runtime, config, code, code_sha256, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(f.namespace)
+        .bind(f.name)
+        .bind(version)
+        .bind(f.runtime)
+        .bind(f.config.to_string())
+        .bind(f.code)
+        .bind(f.code_sha256)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        let replaced = sqlx::query(
+            "UPDATE functions SET version = ?, updated_at = ? WHERE namespace = ? AND name = ?",
+        )
+        .bind(version)
+        .bind(&now)
+        .bind(f.namespace)
+        .bind(f.name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if !replaced {
+            sqlx::query(
+                "INSERT INTO functions (namespace, name, version, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(f.namespace)
+            .bind(f.name)
+            .bind(version)
+            .bind(&now)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let row: FunctionRow = sqlx::query_as(concat!(
+            "SELECT ",
+            function_columns!(),
+            " WHERE f.namespace = ? AND f.name = ?"
+        ))
+        .bind(f.namespace)
+        .bind(f.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((row.try_into()?, !replaced))
+    }
+
+    /// The current version of `ns/name`.
+    pub async fn get_function(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<StoredFunction>, StoreError> {
+        let row: Option<FunctionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            function_columns!(),
+            " WHERE f.namespace = ? AND f.name = ?"
+        ))
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(StoredFunction::try_from).transpose()
+    }
+
+    /// Every function at its current version, by namespace and name.
+    pub async fn list_functions(&self) -> Result<Vec<StoredFunction>, StoreError> {
+        let rows: Vec<FunctionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            function_columns!(),
+            " ORDER BY f.namespace, f.name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(StoredFunction::try_from).collect()
+    }
+
+    /// Removes `ns/name` and all its versions. Its invocations' records stay.
+    pub async fn delete_function(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let gone = sqlx::query("DELETE FROM functions WHERE namespace = ? AND name = ?")
+            .bind(namespace)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        sqlx::query("DELETE FROM function_versions WHERE namespace = ? AND name = ?")
+            .bind(namespace)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(gone)
+    }
+
+    /// How many invocations of `ns/name` are in each state.
+    pub async fn invocation_counts(
+        &self,
+        function: &str,
+    ) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM tasks WHERE function = ? GROUP BY state")
+                .bind(function)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Stores an invocation: RECEIVED and PENDING, and RUNNING too when a runtime has
+    /// already taken it, with their events, in one write.
+    pub async fn insert_invocation(
+        &self,
+        inv: NewInvocation<'_>,
+    ) -> Result<TaskRecord, StoreError> {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let id = inv.id.to_string();
+        let now = now_rfc3339();
+        let row: TaskRow = sqlx::query_as(concat!(
+            "INSERT INTO tasks (id, task_name, state, image, priority, spec, created_at, \
+             function, function_version) VALUES (?, ?, 'RECEIVED', ?, 0, ?, ?, ?, ?) RETURNING ",
+            columns!()
+        ))
+        .bind(&id)
+        .bind(inv.function)
+        .bind(inv.image)
+        .bind(inv.spec.to_string())
+        .bind(&now)
+        .bind(inv.function)
+        .bind(inv.version)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut events =
+            vec![Self::event_in(&mut tx, row.try_into()?, TaskState::Received, &now).await?];
+        let row: TaskRow = sqlx::query_as(concat!(
+            "UPDATE tasks SET state = 'PENDING' WHERE id = ? RETURNING ",
+            columns!()
+        ))
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
+        events.push(Self::event_in(&mut tx, row.try_into()?, TaskState::Pending, &now).await?);
+        if inv.running {
+            let row: TaskRow = sqlx::query_as(concat!(
+                "UPDATE tasks SET state = 'RUNNING', started_at = ?, container_id = ?, \
+                 container_state = CASE WHEN ? IS NULL THEN NULL ELSE 'ready' END \
+                 WHERE id = ? RETURNING ",
+                columns!()
+            ))
+            .bind(&now)
+            .bind(inv.container)
+            .bind(inv.container)
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+            events.push(Self::event_in(&mut tx, row.try_into()?, TaskState::Running, &now).await?);
+        }
+        let record = events
+            .last()
+            .map(|e| e.task.clone())
+            .ok_or_else(|| StoreError::Corrupt(format!("invocation {id} has no event")))?;
+        self.commit_and_publish(tx, events).await?;
+        Ok(record)
+    }
+
+    /// PENDING → RUNNING in `container` (a runtime of `version` took the waiting
+    /// invocation: a replace meanwhile sends it to the new version). `None` when it is no
+    /// longer PENDING (cancelled meanwhile).
+    pub async fn invocation_running(
+        &self,
+        id: TaskId,
+        container: &str,
+        version: i64,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let now = now_rfc3339();
+        self.transition(
+            TaskState::Running,
+            &now,
+            sqlx::query_as(concat!(
+                "UPDATE tasks SET state = 'RUNNING', started_at = ?, container_id = ?, \
+                 container_state = 'ready', function_version = ? \
+                 WHERE id = ? AND state = 'PENDING' RETURNING ",
+                columns!()
+            ))
+            .bind(&now)
+            .bind(container)
+            .bind(version)
+            .bind(id.to_string()),
+        )
+        .await
+    }
+
+    /// Ends an invocation (or a pipeline) that has not ended, with its result and steps.
+    pub async fn finish_invocation(
+        &self,
+        id: TaskId,
+        state: TaskState,
+        outcome: &Outcome,
+        result: Option<&Value>,
+        steps: Option<&[TaskId]>,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let now = now_rfc3339();
+        let steps = steps.map(|s| serde_json::to_string(s).unwrap_or_else(|_| "[]".into()));
+        self.transition(
+            state,
+            &now,
+            sqlx::query_as(concat!(
+                "UPDATE tasks SET state = ?, finished_at = ?, exit_code = ?, stdout = ?, \
+                 stderr = ?, output_truncated = ?, error = ?, result = ?, \
+                 steps = COALESCE(?, steps), started_at = COALESCE(started_at, ?) \
+                 WHERE id = ? AND state IN ('RECEIVED', 'PENDING', 'STARTING', 'RUNNING') \
+                 RETURNING ",
+                columns!()
+            ))
+            .bind(state.as_str())
+            .bind(&now)
+            .bind(outcome.exit_code)
+            .bind(&outcome.stdout)
+            .bind(&outcome.stderr)
+            .bind(outcome.output_truncated)
+            .bind(&outcome.error)
+            .bind(result.map(Value::to_string))
+            .bind(steps)
+            .bind(&now)
+            .bind(id.to_string()),
+        )
+        .await
+    }
+
+    /// Invocations and pipelines a previous run left unended: those that waited come back to
+    /// be run; those that ran are reported.
+    pub async fn unended_invocations(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows: Vec<TaskRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM tasks WHERE function IS NOT NULL \
+             AND state IN ('RECEIVED', 'PENDING', 'STARTING', 'RUNNING') ORDER BY num"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(TaskRecord::try_from).collect()
+    }
+
+    /// Ended invocations of `function` with what they printed, newest first: at most
+    /// `limit`, only `task` when given, only those ended at or after `since`.
+    pub async fn function_logs(
+        &self,
+        function: &str,
+        task: Option<TaskId>,
+        since: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LoggedTask>, StoreError> {
+        let rows: Vec<(String, Option<String>, String, String)> = sqlx::query_as(
+            "SELECT id, finished_at, stdout, stderr FROM tasks WHERE function = ? \
+             AND finished_at IS NOT NULL AND (? IS NULL OR id = ?) AND (? IS NULL OR finished_at >= ?) \
+             AND (stdout != '' OR stderr != '') ORDER BY num DESC LIMIT ?",
+        )
+        .bind(function)
+        .bind(task.map(|t| t.to_string()))
+        .bind(task.map(|t| t.to_string()))
+        .bind(since)
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, at, stdout, stderr)| {
+                Ok(LoggedTask {
+                    task_id: id
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("task id {id}")))?,
+                    at: at.unwrap_or_default(),
+                    stdout,
+                    stderr,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets a sealed secret.
+    pub async fn put_secret(
+        &self,
+        name: &str,
+        nonce: &[u8],
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        let _w = self.writer().await;
+        sqlx::query(
+            "INSERT INTO secrets (name, nonce, sealed, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET nonce = excluded.nonce, sealed = excluded.sealed, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(nonce)
+        .bind(sealed)
+        .bind(now_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A sealed secret: (nonce, sealed bytes).
+    pub async fn get_secret(&self, name: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT nonce, sealed FROM secrets WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
+        let _w = self.writer().await;
+        let done = sqlx::query("DELETE FROM secrets WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,542 @@
+//! Named functions over HTTP against a real server, the real engine and real runtimes
+//! (API.md section 5): deploy, invoke in every handler shape, async, pipelines, logs,
+//! secrets, errors, and a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use common::*;
+
+/// A raw answer: status, headers, body text.
+struct Raw {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Raw {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+async fn raw(req: reqwest::RequestBuilder) -> Raw {
+    let resp = req.send().await.expect("request");
+    Raw {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        text: resp.text().await.unwrap_or_default(),
+    }
+}
+
+async fn deploy(s: &Server, name: &str, body: Value) -> Reply {
+    s.put(&format!("/functions/{name}"), &body).await
+}
+
+#[track_caller]
+fn deployed(r: &Reply) {
+    assert!(
+        r.status == 201 || r.status == 200,
+        "deploy answered {}: {}",
+        r.status,
+        r.body
+    );
+}
+
+async fn invoke(s: &Server, name: &str, body: &str) -> Raw {
+    raw(s
+        .http
+        .post(s.url(&format!("/functions/{name}/invoke")))
+        .body(body.to_string()))
+    .await
+}
+
+#[tokio::test]
+async fn python_functions_deploy_invoke_replace_and_log() {
+    let s = Server::start().await;
+    let r = deploy(
+        &s,
+        "demo/echo",
+        json!({"runtime": "python", "code": "def fn(input):\n    print('got', input)\n    return 'echo: ' + (input or '')\n"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["version"], 1);
+    assert_eq!(r.body["runtime"], "python");
+
+    let a = invoke(&s, "demo/echo", "hello").await;
+    assert_eq!((a.status, a.text.as_str()), (200, "echo: hello"));
+    assert!(a.header("content-type").starts_with("text/plain"));
+    let id = a.header("x-ufaas-task-id").to_string();
+    let task = s.get(&format!("/fn/{id}")).await.body;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    assert_eq!(task["function"]["namespace"], "demo");
+    assert_eq!(task["function"]["version"], 1);
+    assert_eq!(task["result"]["body"], "echo: hello");
+    assert_eq!(
+        task["stdout"], "got hello\n",
+        "prints go to the logs, not the output"
+    );
+
+    // Replace: version 2 answers, nothing mixes.
+    let r = deploy(
+        &s,
+        "demo/echo",
+        json!({"runtime": "python", "code": "def main(event):\n    return {'v': 2, 'event': event}\n"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["version"], 2);
+    let a = invoke(&s, "demo/echo", "{\"n\": 1}").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.json(), json!({"v": 2, "event": {"n": 1}}));
+    assert_eq!(a.header("content-type"), "application/json");
+
+    let logs = s.get("/functions/demo/echo/logs").await;
+    assert_eq!(logs.status, 200);
+    let lines = logs.body["lines"].as_array().cloned().unwrap_or_default();
+    assert!(
+        lines.iter().any(|l| l["line"] == "got hello"
+            && l["stream"] == "stdout"
+            && l["task_id"] == id.as_str()),
+        "{}",
+        logs.body
+    );
+    let listed = s.get("/functions").await;
+    assert_eq!(
+        listed.body["functions"][0]["name"], "echo",
+        "{}",
+        listed.body
+    );
+    let one = s.get("/functions/demo/echo").await;
+    assert_eq!(one.body["invocations"]["total"], 2, "{}", one.body);
+
+    assert_eq!(s.delete("/functions/demo/echo").await.status, 204);
+    invoke(&s, "demo/echo", "x").await;
+    let gone = s.get("/functions/demo/echo").await;
+    gone.assert_error(404, "not_found", None);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn node_shapes_faas_tinyfaas_backstage_and_async() {
+    let s = Server::start().await;
+    // FAAS: (context, cb), context is the input.
+    deployed(
+        &deploy(
+            &s,
+            "faas/sum",
+            json!({"runtime": "node", "code": "module.exports = (context, cb) => {\n  let sum = 0\n  for (let num of context.numbers) { sum += num }\n  return cb({sum: sum})\n}\n"}),
+        )
+        .await,
+    );
+    let a = invoke(&s, "faas/sum", "{\"numbers\": [6,4,13]}").await;
+    assert_eq!(
+        (a.status, a.json()),
+        (200, json!({"sum": 23})),
+        "{}",
+        a.text
+    );
+
+    // Backstage: a bare main(req, res) that exports nothing; status and headers reach us.
+    deployed(
+        &deploy(
+            &s,
+            "example/hello-world",
+            json!({"runtime": "node", "code": "function main(req, res) {\n  const name = (req.body && req.body.name) || \"World\"\n  console.log('called by', req.method)\n  res.status(201).set('X-Said', 'hi').send({ say: `Hello ${name}!` })\n}\n"}),
+        )
+        .await,
+    );
+    let a = raw(s
+        .http
+        .put(s.url("/functions/example/hello-world/invoke"))
+        .header("content-type", "application/json"))
+    .await;
+    assert_eq!(
+        (a.status, a.json()),
+        (201, json!({"say": "Hello World!"})),
+        "{}",
+        a.text
+    );
+    assert_eq!(a.header("x-said"), "hi");
+    let a = invoke(&s, "example/hello-world", "{\"name\": \"Pedro\"}").await;
+    assert_eq!(a.json(), json!({"say": "Hello Pedro!"}));
+    let id = a.header("x-ufaas-task-id").to_string();
+    let task = s.get(&format!("/fn/{id}")).await.body;
+    assert_eq!(task["stdout"], "called by POST\n", "{task}");
+
+    // tinyFaaS (req, res) with a string, asynchronously.
+    deployed(
+        &deploy(
+            &s,
+            "tiny/shout",
+            json!({"runtime": "node", "code": "module.exports = (req, res) => res.send(String(req.body).toUpperCase())\n"}),
+        )
+        .await,
+    );
+    let a = raw(s
+        .http
+        .post(s.url("/functions/tiny/shout/invoke?async=true"))
+        .body("quiet"))
+    .await;
+    assert_eq!(a.status, 202, "{}", a.text);
+    let id = a.json()["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(a.header("location"), format!("/fn/{id}"));
+    let task = s.wait_ended(&id).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    assert_eq!(task["result"]["body"], "QUIET");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shell_functions_get_the_request_in_their_environment() {
+    let s = Server::start().await;
+    deployed(
+        &deploy(
+            &s,
+            "sh/echo",
+            json!({"runtime": "shell", "code": "#!/bin/sh\necho \"$UFAAS_METHOD $HTTP_X_NAME $(cat)\"\necho logged >&2\n"}),
+        )
+        .await,
+    );
+    let a = raw(s
+        .http
+        .post(s.url("/functions/sh/echo/invoke"))
+        .header("x-name", "ann")
+        .body("in"))
+    .await;
+    assert_eq!((a.status, a.text.as_str()), (200, "POST ann in\n"));
+    let task = s
+        .get(&format!("/fn/{}", a.header("x-ufaas-task-id")))
+        .await
+        .body;
+    assert_eq!(task["stderr"], "logged\n");
+    deployed(
+        &deploy(
+            &s,
+            "sh/fail",
+            json!({"runtime": "shell", "code": "echo broken >&2; exit 3\n"}),
+        )
+        .await,
+    );
+    let a = invoke(&s, "sh/fail", "").await;
+    assert_eq!(a.status, 500, "{}", a.text);
+    assert_eq!(a.json()["code"], "function_error");
+    assert!(
+        a.json()["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("broken"),
+        "{}",
+        a.text
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn pipelines_chain_outputs_and_name_the_failing_step() {
+    let s = Server::start().await;
+    for (name, k) in [("p/x10", 10), ("p/x20", 20)] {
+        deployed(
+            &deploy(
+                &s,
+                name,
+                json!({"runtime": "node", "code": format!("function main(req, res) {{ res.send({{x: req.body.x * {k}}}) }}\n")}),
+            )
+            .await,
+        );
+    }
+    deployed(
+        &deploy(
+            &s,
+            "p/boom",
+            json!({"runtime": "python", "code": "def main(event):\n    raise ValueError('no good')\n"}),
+        )
+        .await,
+    );
+    let r = s
+        .post(
+            "/functions/pipeline",
+            &json!({"steps": ["p/x10", "p/x20"], "input": {"x": 1}}),
+        )
+        .await;
+    assert_eq!((r.status, &r.body), (200, &json!({"x": 200})));
+
+    let r = s
+        .post(
+            "/functions/pipeline",
+            &json!({"steps": ["p/x10", "p/boom", "p/x20"], "input": {"x": 1}}),
+        )
+        .await;
+    r.assert_error(422, "step_failed", Some("steps[1]"));
+    assert_eq!(r.body["step"], 1);
+    assert!(
+        r.body["error"].as_str().unwrap_or("").contains("no good"),
+        "{}",
+        r.body
+    );
+    let step_task = r.body["task_id"].as_str().unwrap_or_default().to_string();
+    let t = s.get(&format!("/fn/{step_task}")).await.body;
+    assert_eq!(t["state"], "FAILED");
+    let pipe = s
+        .get(&format!(
+            "/fn/{}",
+            r.body["pipeline_id"].as_str().unwrap_or_default()
+        ))
+        .await
+        .body;
+    assert_eq!(pipe["state"], "FAILED");
+    assert_eq!(pipe["steps"].as_array().map(Vec::len), Some(2), "{pipe}");
+
+    s.post(
+        "/functions/pipeline",
+        &json!({"steps": ["p/x10", "p/nope"], "input": 1}),
+    )
+    .await
+    .assert_error(404, "not_found", Some("steps"));
+    s.post("/functions/pipeline", &json!({"steps": "p/x10"}))
+        .await
+        .assert_error(400, "invalid_type", Some("steps"));
+    s.post("/functions/pipeline", &json!({"steps": ["nope"]}))
+        .await
+        .assert_error(400, "invalid_value", Some("steps[0]"));
+    s.post(
+        "/functions/pipeline",
+        &json!({"steps": ["p/x10"], "extra": 1}),
+    )
+    .await
+    .assert_error(400, "unknown_field", Some("extra"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn errors_timeouts_crashes_and_a_full_queue() {
+    let s = Server::start().await;
+    invoke(&s, "no/such", "x").await;
+    let a = invoke(&s, "no/such", "x").await;
+    assert_eq!(
+        (a.status, a.json()["code"].clone()),
+        (404, json!("not_found"))
+    );
+
+    deployed(
+        &deploy(
+            &s,
+            "e/raise",
+            json!({"runtime": "python", "code": "def fn(input):\n    raise RuntimeError('bad input ' + input)\n"}),
+        )
+        .await,
+    );
+    let a = invoke(&s, "e/raise", "x").await;
+    assert_eq!(a.status, 500, "{}", a.text);
+    assert_eq!(a.json()["code"], "function_error");
+    assert!(a.json()["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("bad input x"));
+    assert_eq!(a.json()["task_id"], a.header("x-ufaas-task-id"));
+
+    deployed(
+        &deploy(
+            &s,
+            "e/loop",
+            json!({"runtime": "python", "timeout": 1, "code": "import time\ndef fn(input):\n    if input == 'loop':\n        while True: pass\n    return 'fine'\n"}),
+        )
+        .await,
+    );
+    let a = invoke(&s, "e/loop", "loop").await;
+    assert_eq!(
+        (a.status, a.json()["code"].clone()),
+        (504, json!("function_timeout")),
+        "{}",
+        a.text
+    );
+    let t = s
+        .get(&format!("/fn/{}", a.header("x-ufaas-task-id")))
+        .await
+        .body;
+    assert_eq!(t["state"], "EXPIRED");
+    let a = invoke(&s, "e/loop", "ok").await;
+    assert_eq!(
+        (a.status, a.text.as_str()),
+        (200, "fine"),
+        "the next call is fine"
+    );
+
+    deployed(
+        &deploy(
+            &s,
+            "e/die",
+            json!({"runtime": "python", "code": "import os\ndef fn(input):\n    if input == 'die':\n        os._exit(9)\n    return 'alive'\n"}),
+        )
+        .await,
+    );
+    let a = invoke(&s, "e/die", "die").await;
+    assert_eq!(a.status, 500, "{}", a.text);
+    let a = invoke(&s, "e/die", "again").await;
+    assert_eq!(
+        (a.status, a.text.as_str()),
+        (200, "alive"),
+        "a crash costs one call"
+    );
+
+    // One worker, no queue: a second call while one runs is refused at once.
+    deployed(
+        &deploy(
+            &s,
+            "e/slow",
+            json!({"runtime": "python", "max_containers": 1, "max_queue": 0, "code": "import time\ndef fn(input):\n    time.sleep(3)\n    return 'slept'\n"}),
+        )
+        .await,
+    );
+    let first = {
+        let req = s.http.post(s.url("/functions/e/slow/invoke")).body("a");
+        tokio::spawn(async move { raw(req).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let busy = s.get("/functions/e/slow").await.body["containers"]["busy"].clone();
+        if busy == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first call never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = invoke(&s, "e/slow", "b").await;
+    assert_eq!(
+        (a.status, a.json()["code"].clone()),
+        (429, json!("queue_full")),
+        "{}",
+        a.text
+    );
+    let first = first.await.expect("first call");
+    assert_eq!(first.text, "slept");
+
+    // Code that cannot load is refused at deploy, and nothing is stored.
+    let r = deploy(
+        &s,
+        "e/syntax",
+        json!({"runtime": "python", "code": "def fn(input:\n"}),
+    )
+    .await;
+    r.assert_error(400, "invalid_code", Some("code"));
+    s.get("/functions/e/syntax")
+        .await
+        .assert_error(404, "not_found", None);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn secrets_reach_only_the_function_and_are_sealed_on_disk() {
+    let s = Server::start().await;
+    let value = "s3cr3t-value-7f1d";
+    let r = raw(s.http.put(s.url("/secrets/api-key")).body(value)).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    deployed(
+        &deploy(
+            &s,
+            "sec/read",
+            json!({"runtime": "python", "secrets": ["api-key"], "code": "def fn(input):\n    return str(len(open('/run/secrets/api-key').read()))\n"}),
+        )
+        .await,
+    );
+    let a = invoke(&s, "sec/read", "").await;
+    assert_eq!((a.status, a.text.clone()), (200, value.len().to_string()));
+    let shown = s.get("/functions/sec/read").await.body.to_string();
+    assert!(!shown.contains(value));
+    let db = std::fs::read(&s.db).unwrap_or_default();
+    let wal = std::fs::read(s.db.with_extension("db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+            "the secret is in the database file"
+        );
+    }
+    deploy(
+        &s,
+        "sec/missing",
+        json!({"runtime": "python", "secrets": ["nope"], "code": "def fn(i): return i\n"}),
+    )
+    .await
+    .assert_error(400, "invalid_value", Some("secrets[0]"));
+    raw(s.http.put(s.url("/secrets/bad%2Fname")).body("x")).await;
+    assert_eq!(s.delete("/secrets/api-key").await.status, 204);
+    s.delete("/secrets/api-key")
+        .await
+        .assert_error(404, "not_found", Some("name"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn functions_come_back_after_a_restart() {
+    let s = Server::start().await;
+    deployed(
+        &deploy(
+            &s,
+            "r/keep",
+            json!({"runtime": "python", "code": "def fn(input):\n    return 'still here'\n"}),
+        )
+        .await,
+    );
+    let dir = s.stop().await;
+    let mut cfg = ufaas::config::ServeConfig::defaults();
+    cfg.db = dir.path().join("ufaas.db");
+    let s = Server::start_on(cfg, dir).await;
+    let a = invoke(&s, "r/keep", "").await;
+    assert_eq!((a.status, a.text.as_str()), (200, "still here"));
+    let f = s.get("/functions/r/keep").await.body;
+    assert_eq!(f["version"], 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_deploy_bodies_are_refused_naming_the_field() {
+    let s = Server::start().await;
+    deploy(&s, "ok/x", json!({"code": "x"})).await.assert_error(
+        400,
+        "missing_field",
+        Some("runtime"),
+    );
+    deploy(&s, "ok/x", json!({"runtime": "cobol", "code": "x"}))
+        .await
+        .assert_error(400, "invalid_value", Some("runtime"));
+    deploy(
+        &s,
+        "ok/x",
+        json!({"runtime": "python", "code": "x", "warm": "1"}),
+    )
+    .await
+    .assert_error(400, "invalid_type", Some("warm"));
+    deploy(
+        &s,
+        "ok/x",
+        json!({"runtime": "python", "code": "x", "colour": 1}),
+    )
+    .await
+    .assert_error(400, "unknown_field", Some("colour"));
+    deploy(&s, "Bad/x", json!({"runtime": "python", "code": "x"}))
+        .await
+        .assert_error(400, "invalid_value", Some("namespace"));
+    let tar = base64::engine::general_purpose::STANDARD.encode(b"not an archive at all");
+    deploy(&s, "ok/x", json!({"runtime": "python", "archive": tar}))
+        .await
+        .assert_error(400, "invalid_archive", Some("archive"));
+    let r = s
+        .send(s.http.put(s.url("/functions/ok/x")).body("{not json"))
+        .await;
+    r.assert_error(400, "invalid_json", None);
+    assert_eq!(s.get("/functions").await.body["functions"], json!([]));
+    s.stop().await;
+}
