@@ -28,6 +28,21 @@ pub enum Command {
     Watch(crate::cli::WatchArgs),
     /// Submit a task spec; with --follow, stream its events and output until it ends.
     Run(crate::cli::RunArgs),
+    /// List tasks, newest first.
+    Ls(crate::cli::tasks::LsArgs),
+    /// Show one task's record.
+    Get(crate::cli::tasks::TaskArgs),
+    /// Cancel a task (a running one is killed).
+    Cancel(crate::cli::tasks::TaskArgs),
+    /// Print what a task printed; with -f, follow it until it ends.
+    Logs(crate::cli::tasks::LogsArgs),
+    /// Named functions: init, deploy, invoke, ls, describe, rm, logs.
+    #[command(name = "fn")]
+    Fn(Box<crate::cli::functions::FnArgs>),
+    /// Run functions one after the other, each one's output the next one's input.
+    Pipeline(crate::cli::functions::PipelineArgs),
+    /// Set or remove the secrets functions read from /run/secrets.
+    Secret(crate::cli::functions::SecretArgs),
 }
 
 #[derive(Debug, Clone, Args)]

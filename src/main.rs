@@ -23,7 +23,26 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Watch(args) => std::process::exit(ufaas::cli::watch(args).await?),
         Command::Run(args) => std::process::exit(ufaas::cli::run(args).await?),
+        command => std::process::exit(client_command(command).await),
     }
+}
+
+/// The exit code of a client subcommand that reports its own errors (`ufaas: …`, exit 1).
+async fn client_command(command: Command) -> i32 {
+    use ufaas::cli::{functions, tasks};
+    let result = match command {
+        Command::Ls(a) => tasks::list(a).await,
+        Command::Get(a) => tasks::get(a).await,
+        Command::Cancel(a) => tasks::cancel(a).await,
+        Command::Logs(a) => tasks::logs(a).await,
+        Command::Fn(a) => functions::run_fn(*a).await,
+        Command::Pipeline(a) => functions::pipeline(a).await,
+        Command::Secret(a) => functions::secret(a).await,
+        Command::Serve(_) | Command::Watch(_) | Command::Run(_) => {
+            Err(anyhow::anyhow!("not a client command"))
+        }
+    };
+    ufaas::cli::exit_code(result)
 }
 
 /// Ctrl-C or SIGTERM.

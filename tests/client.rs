@@ -235,7 +235,7 @@ async fn bad_input_is_a_typed_api_error() {
     spec["ttl"] = json!(0);
     let e = c.submit(&spec).await.expect_err("ttl 0");
     assert!(
-        matches!(&e, ClientError::Api { status: 400, code, field: Some(f), message }
+        matches!(&e, ClientError::Api { status: 400, code, field: Some(f), message, .. }
             if code == "invalid_value" && f == "ttl" && !message.is_empty()),
         "{e:?}"
     );

@@ -1,6 +1,10 @@
 //! Client subcommands: `ufaas watch` prints events as they come, `ufaas run` submits a spec
-//! (and with `--follow` streams its events and output until it ends). Both talk to the server
-//! through [`crate::client`]; what is here decides what to print and the exit code.
+//! (and with `--follow` streams its events and output until it ends); [`tasks`] has `ls`,
+//! `get`, `cancel` and `logs`, [`functions`] `fn …`, `pipeline` and `secret …`. All talk to
+//! the server through [`crate::client`]; what is here decides what to print and the exit code.
+
+pub mod functions;
+pub mod tasks;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +37,39 @@ impl ServerArg {
             ClientError::InvalidToken => anyhow!("--token may only hold visible ASCII characters"),
             e => e.into(),
         })
+    }
+}
+
+/// A subcommand's exit code, or 1 after its error on stderr as one line (`ufaas: …`).
+pub fn exit_code(result: anyhow::Result<i32>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ufaas: {e:#}");
+            1
+        }
+    }
+}
+
+/// Prints `value` as indented JSON (keys in the order the server's JSON has them: sorted).
+pub fn print_json(value: &Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Writes a task's output chunk to our stdout or stderr, as it came.
+pub fn print_chunk(stream: OutputStream, data: &str) {
+    if data.is_empty() {
+        return;
+    }
+    if stream == OutputStream::Stderr {
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(data.as_bytes()).and_then(|_| e.flush());
+    } else {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(data.as_bytes()).and_then(|_| o.flush());
     }
 }
 
@@ -271,15 +308,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 task_id: id,
                 stream,
                 data,
-            } if Some(*id) == task_id => {
-                if *stream == OutputStream::Stderr {
-                    let mut e = std::io::stderr().lock();
-                    let _ = e.write_all(data.as_bytes()).and_then(|_| e.flush());
-                } else {
-                    let mut o = std::io::stdout().lock();
-                    let _ = o.write_all(data.as_bytes()).and_then(|_| o.flush());
-                }
-            }
+            } if Some(*id) == task_id => print_chunk(*stream, data),
             Event::State {
                 task_id: id,
                 state,

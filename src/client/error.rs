@@ -3,10 +3,11 @@
 //! client cannot read, so a caller can tell "the spec was refused" from "the server is down".
 
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio_tungstenite::tungstenite;
 
 use crate::error::Code;
+use crate::model::TaskId;
 
 /// What the CLI says when the server answers 401: the fix is always the same.
 pub const TOKEN_HINT: &str = "the server wants a valid API token: pass --token or set UFAAS_TOKEN";
@@ -41,6 +42,9 @@ pub enum ClientError {
         code: String,
         message: String,
         field: Option<String>,
+        /// Every other member of the body, as sent: a function's error names its `task_id`,
+        /// a failed pipeline its `step`, `function`, `error`, `task_id` and `pipeline_id`.
+        details: Map<String, Value>,
     },
 
     /// An error status without the JSON error body (a proxy's page, say).
@@ -78,6 +82,8 @@ struct ErrorBody {
     message: String,
     #[serde(default)]
     field: Option<String>,
+    #[serde(flatten)]
+    details: Map<String, Value>,
 }
 
 impl ClientError {
@@ -97,6 +103,7 @@ impl ClientError {
                 code: b.code,
                 message: b.message,
                 field: b.field,
+                details: b.details,
             },
             None => ClientError::Status {
                 status,
@@ -137,6 +144,20 @@ impl ClientError {
         }
     }
 
+    /// A member of the error body beyond `code`, `message` and `field` (`task_id`, `step`, …).
+    pub fn detail(&self, key: &str) -> Option<&Value> {
+        match self {
+            ClientError::Api { details, .. } => details.get(key),
+            _ => None,
+        }
+    }
+
+    /// The task the failed call was (a function's invocation, a pipeline's step), when the
+    /// server named it.
+    pub fn task_id(&self) -> Option<TaskId> {
+        self.detail("task_id")?.as_str()?.parse().ok()
+    }
+
     /// The error body as the server sent it, for a refusal that had one (what `ufaas run`
     /// prints).
     pub fn body(&self) -> Option<Value> {
@@ -148,13 +169,16 @@ impl ClientError {
                 code,
                 message,
                 field,
+                details,
                 ..
             } => {
-                let mut v = json!({"code": code, "message": message});
+                let mut v = details.clone();
+                v.insert("code".into(), json!(code));
+                v.insert("message".into(), json!(message));
                 if let Some(f) = field {
-                    v["field"] = json!(f);
+                    v.insert("field".into(), json!(f));
                 }
-                Some(v)
+                Some(Value::Object(v))
             }
             _ => None,
         }
@@ -171,7 +195,7 @@ mod tests {
             br#"{"code": "invalid_value", "message": "ttl must be positive", "field": "ttl"}"#;
         let e = ClientError::from_response(400, body);
         assert!(
-            matches!(&e, ClientError::Api { status: 400, code, message, field: Some(f) }
+            matches!(&e, ClientError::Api { status: 400, code, message, field: Some(f), .. }
                 if code == "invalid_value" && message == "ttl must be positive" && f == "ttl"),
             "{e:?}"
         );
@@ -200,6 +224,20 @@ mod tests {
         let e = ClientError::from_response(418, br#"{"code": "from_the_future", "message": "m"}"#);
         assert!(matches!(&e, ClientError::Api { code, .. } if code == "from_the_future"));
         assert_eq!(e.code(), None);
+    }
+
+    #[test]
+    fn the_other_members_of_an_error_body_are_kept() {
+        let id = TaskId::new();
+        let body = json!({"code": "step_failed", "message": "step 1 (a/b) failed: boom",
+            "field": "steps[1]", "step": 1, "function": "a/b", "error": "boom",
+            "task_id": id, "pipeline_id": TaskId::new()});
+        let e = ClientError::from_response(422, body.to_string().as_bytes());
+        assert_eq!((e.field(), e.task_id()), (Some("steps[1]"), Some(id)));
+        assert_eq!(e.detail("step"), Some(&json!(1)));
+        assert_eq!(e.body(), Some(body), "the body comes back whole");
+        let e = ClientError::from_response(500, br#"{"code": "function_error", "message": "m"}"#);
+        assert_eq!((e.task_id(), e.detail("step")), (None, None));
     }
 
     #[test]

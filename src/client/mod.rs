@@ -19,6 +19,7 @@
 
 mod error;
 mod events;
+mod functions;
 
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub use error::{ClientError, TOKEN_HINT};
 pub use events::{Event, EventStream, Frame, OutputStream};
+pub use functions::{
+    valid_part, Containers, Deployed, Function, FunctionName, Invocation, InvokeRequest, LogLine,
+    LogQuery, ASYNC_HEADER, DEFAULT_NAMESPACE, TASK_ID_HEADER,
+};
 
 use crate::model::{Locality, TaskId, TaskState};
 use crate::runner::DeleteOptions;
@@ -324,14 +329,41 @@ impl Client {
     /// Sends `req` and reads a success answer as `T`, or the error answer as a
     /// [`ClientError`].
     async fn call<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
+        let answer = self.send(req).await?;
+        answer.json()
+    }
+
+    /// Sends `req` and gives a success answer whole (status, headers, body), or the error
+    /// answer as a [`ClientError`]: what [`Client::call`] reads as JSON, and what the
+    /// routes whose answer is not a JSON record (an invocation, a 204) read themselves.
+    async fn send(&self, req: RequestBuilder) -> Result<Answer, ClientError> {
         let resp = req.send().await?;
-        let status = resp.status();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let body = resp.bytes().await?;
-        if !status.is_success() {
-            return Err(ClientError::from_response(status.as_u16(), &body));
+        if !(200..300).contains(&status) {
+            return Err(ClientError::from_response(status, &body));
         }
-        serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
-            status: status.as_u16(),
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// A success answer as it came.
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Answer {
+    /// The body read as `T`.
+    fn json<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        serde_json::from_slice(&self.body).map_err(|source| ClientError::Decode {
+            status: self.status,
             source,
         })
     }
