@@ -41,9 +41,10 @@
 //! VS_DOCKER_WRK (path of wrk, or `none` for the in-process client), VS_DOCKER_LOG_DIR (keep
 //! the servers' logs there; RUST_LOG is passed on to them).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command as StdCommand, Stdio};
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,246 +55,13 @@ use serde_json::{json, Value};
 use tokio::process::Command;
 use tokio::time::Instant;
 
+use common::{
+    db_writes, docker_text, env_num, latency_row, mib, ms, post_json, print_header, print_row,
+    print_summary, wait_gone, Baseline, Cli, Row, Samples, Server, Target, UFAAS_BIN,
+};
+
 const BUSYBOX: &str = "ufaas/busybox:latest";
 const PYTHON: &str = "ufaas/python:3";
-/// The release build of the server, built by cargo alongside this bench.
-const UFAAS_BIN: &str = env!("CARGO_BIN_EXE_ufaas");
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-// ---- the server as a process ------------------------------------------------------------------
-
-struct Server {
-    child: Child,
-    base: String,
-    /// This server's own client, dropped before SIGTERM: the server's graceful shutdown
-    /// waits for every open connection, and a pooled one the client opened but never sent a
-    /// request on holds it until the client's idle timeout (90 s).
-    http: Option<reqwest::Client>,
-    /// Held so the server's stdout stays open.
-    _stdout: BufReader<ChildStdout>,
-    log: PathBuf,
-    dir: tempfile::TempDir,
-    /// Tasks whose containers outlive them (daemons, the slot holder): removed by label if
-    /// the server has to be killed.
-    kept: Vec<String>,
-}
-
-impl Server {
-    async fn start(name: &str, args: &[&str]) -> Result<Server> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
-        let dir = tempfile::tempdir()?;
-        let log = match std::env::var_os("VS_DOCKER_LOG_DIR") {
-            Some(d) => {
-                std::fs::create_dir_all(&d)?;
-                PathBuf::from(d).join(format!("{name}.log"))
-            }
-            None => dir.path().join("server.log"),
-        };
-        let mut child = StdCommand::new(UFAAS_BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(dir.path().join("ufaas.db"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {UFAAS_BIN}"))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        // The first stdout line names the address; EOF means it died (its log says why).
-        let first = tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio::task::spawn_blocking(move || {
-                let mut reader = BufReader::new(stdout);
-                let mut line = String::new();
-                reader.read_line(&mut line).map(|_| (reader, line))
-            }),
-        )
-        .await;
-        let (reader, line) = match first {
-            Ok(Ok(Ok(ok))) => ok,
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "server {name} did not print its address ({other:?}); log:\n{}",
-                    tail(&log)
-                );
-            }
-        };
-        let Some(addr) = line.trim().strip_prefix("ufaas listening on http://") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "server {name} printed {line:?}, not its address; log:\n{}",
-                tail(&log)
-            );
-        };
-        let server = Server {
-            base: format!("http://{addr}"),
-            http: Some(http.clone()),
-            child,
-            _stdout: reader,
-            log,
-            dir,
-            kept: Vec::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match http.get(format!("{}/readyz", server.base)).send().await {
-                Ok(r) if r.status().is_success() => break,
-                _ if Instant::now() > deadline => {
-                    bail!(
-                        "server {name} not ready in 20 s; log:\n{}",
-                        tail(&server.log)
-                    )
-                }
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-        Ok(server)
-    }
-
-    fn http(&self) -> &reqwest::Client {
-        self.http.as_ref().expect("the client lives until stop")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
-    fn status_kib(&self, field: &str) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .with_context(|| format!("no {field} in /proc/{}/status", self.pid()))
-    }
-
-    fn rss_kib(&self) -> Result<u64> {
-        self.status_kib("VmRSS")
-    }
-
-    fn db_bytes(&self) -> u64 {
-        ["ufaas.db", "ufaas.db-wal"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(self.dir.path().join(f)).ok())
-            .map(|m| m.len())
-            .sum()
-    }
-
-    /// SIGTERM, then wait for a clean exit (the server removes its containers first).
-    async fn stop(mut self) -> Result<()> {
-        self.http = None;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        sigterm(self.pid());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    bail!("server exited with {status}; log:\n{}", tail(&self.log));
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("server did not stop within 60 s of SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    /// On an early return: stop it the same way, so that its containers go too.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            sigterm(self.pid());
-            for _ in 0..600 {
-                if !matches!(self.child.try_wait(), Ok(None)) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            for task in &self.kept {
-                let filter = format!("label=ufaas.task={task}");
-                if let Ok(out) = StdCommand::new("docker")
-                    .args(["ps", "-aq", "--filter", &filter])
-                    .output()
-                {
-                    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                        let _ = StdCommand::new("docker")
-                            .args(["rm", "-f", id])
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .status();
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn sigterm(pid: u32) {
-    let _ = StdCommand::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// A container of the baselines, removed when dropped.
-struct Baseline(String);
-
-impl Baseline {
-    async fn start(image: &str) -> Result<Baseline> {
-        let out = Command::new("docker")
-            .args([
-                "run",
-                "-d",
-                "--rm",
-                "--network",
-                "none",
-                image,
-                "sleep",
-                "3600",
-            ])
-            .output()
-            .await?;
-        if !out.status.success() {
-            bail!(
-                "docker run -d {image}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(Baseline(String::from_utf8(out.stdout)?.trim().to_string()))
-    }
-}
-
-impl Drop for Baseline {
-    fn drop(&mut self) {
-        let _ = StdCommand::new("docker")
-            .args(["rm", "-f", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 // ---- one timed sample -------------------------------------------------------------------------
 
@@ -307,18 +75,12 @@ enum Probe {
         hit: bool,
     },
     /// A command line; it must exit 0 with this stdout.
-    Cli {
-        argv: Vec<String>,
-        stdout: &'static str,
-    },
+    Cli(Cli),
 }
 
 impl Probe {
     fn cli(argv: &[&str], stdout: &'static str) -> Probe {
-        Probe::Cli {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            stdout,
-        }
+        Probe::Cli(Cli::new(argv, stdout))
     }
 
     async fn once(&self, http: &reqwest::Client) -> Result<Duration> {
@@ -348,25 +110,7 @@ impl Probe {
                 }
                 Ok(took)
             }
-            Probe::Cli { argv, stdout } => {
-                let t0 = Instant::now();
-                let out = Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .stdin(Stdio::null())
-                    .output()
-                    .await?;
-                let took = t0.elapsed();
-                if !out.status.success() || out.stdout != stdout.as_bytes() {
-                    bail!(
-                        "`{}` ended {} with stdout {:?}, stderr {:?}",
-                        argv.join(" "),
-                        out.status,
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-                Ok(took)
-            }
+            Probe::Cli(cli) => cli.once().await,
         }
     }
 }
@@ -379,48 +123,6 @@ fn check_finished(status: u16, body: &Value, stdout: &str) -> Result<()> {
 }
 
 /// Sorted samples.
-struct Samples(Vec<Duration>);
-
-impl Samples {
-    fn new(mut v: Vec<Duration>) -> Samples {
-        v.sort();
-        Samples(v)
-    }
-
-    /// Nearest-rank percentile.
-    fn pct(&self, p: f64) -> Duration {
-        if self.0.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
-        self.0[rank.clamp(1, self.0.len()) - 1]
-    }
-
-    fn median(&self) -> Duration {
-        self.pct(50.0)
-    }
-
-    fn p50_p99(&self) -> String {
-        format!("{} / {} ms", ms(self.median()), ms(self.pct(99.0)))
-    }
-}
-
-fn ms(d: Duration) -> String {
-    let v = d.as_secs_f64() * 1e3;
-    if v < 10.0 {
-        format!("{v:.2}")
-    } else if v < 100.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.0}")
-    }
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1} MiB", kib as f64 / 1024.0)
-}
-
-/// `warm` untimed pairs, then `n` timed ones: a, b, a, b, ...
 async fn paired(
     http: &reqwest::Client,
     a: &Probe,
@@ -440,86 +142,8 @@ async fn paired(
     Ok((Samples::new(va), Samples::new(vb)))
 }
 
-// ---- the table --------------------------------------------------------------------------------
-
-#[derive(Clone, Copy)]
-enum Target {
-    AtMost(f64),
-    AtLeast(f64),
-}
-
-struct Row {
-    measure: String,
-    ufaas: String,
-    baseline: String,
-    ratio: Option<f64>,
-    target: Option<Target>,
-}
-
-impl Row {
-    fn info(measure: impl Into<String>, ufaas: impl Into<String>) -> Row {
-        Row {
-            measure: measure.into(),
-            ufaas: ufaas.into(),
-            baseline: "-".into(),
-            ratio: None,
-            target: None,
-        }
-    }
-
-    fn ratio(&self) -> String {
-        self.ratio.map_or("-".into(), |r| format!("{r:.2}"))
-    }
-
-    fn target(&self) -> String {
-        match self.target {
-            Some(Target::AtMost(t)) => format!("<= {t}"),
-            Some(Target::AtLeast(t)) => format!(">= {t}"),
-            None => "-".into(),
-        }
-    }
-
-    fn verdict(&self) -> &'static str {
-        match (self.target, self.ratio) {
-            (Some(Target::AtMost(t)), Some(r)) if r <= t => "PASS",
-            (Some(Target::AtLeast(t)), Some(r)) if r >= t => "PASS",
-            (Some(_), _) => "MISS",
-            (None, _) => "-",
-        }
-    }
-}
-
-fn latency_row(measure: &str, a: &Samples, b: &Samples, target: f64) -> Row {
-    Row {
-        measure: measure.into(),
-        ufaas: a.p50_p99(),
-        baseline: b.p50_p99(),
-        ratio: Some(a.median().as_secs_f64() / b.median().as_secs_f64()),
-        target: Some(Target::AtMost(target)),
-    }
-}
-
-fn print_row(row: &Row) {
-    println!(
-        "  {:<44}  {:>22}  {:>22}  {:>5}  {:>6}  {}",
-        row.measure,
-        row.ufaas,
-        row.baseline,
-        row.ratio(),
-        row.target(),
-        row.verdict()
-    );
-}
-
 // ---- phases -----------------------------------------------------------------------------------
 
-async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Result<(u16, Value)> {
-    let resp = http.post(url).json(body).send().await?;
-    let status = resp.status().as_u16();
-    Ok((status, resp.json().await?))
-}
-
-/// A daemon task (its container is kept) that has ended; its id.
 async fn daemon(http: &reqwest::Client, base: &str, image: &str) -> Result<String> {
     let spec =
         json!({"task_name": "daemon", "image": image, "cmd_list": ["true"], "is_daemon": true});
@@ -531,20 +155,6 @@ async fn daemon(http: &reqwest::Client, base: &str, image: &str) -> Result<Strin
         .context("no id in the reply")
 }
 
-/// The server's database writes since it started (`database_writes` on /readyz).
-async fn db_writes(http: &reqwest::Client, base: &str) -> Result<u64> {
-    let body: Value = http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    body["database_writes"]
-        .as_u64()
-        .with_context(|| format!("no database_writes in /readyz: {body}"))
-}
-
-/// Database writes counted over some tasks.
 #[derive(Default)]
 struct Writes {
     writes: u64,
@@ -582,31 +192,11 @@ fn writes_row(measure: &str, now: &Writes, before: u64, target: f64) -> Row {
         ufaas: format!("{:.2} writes", now.per_task()),
         baseline: format!("{before} writes"),
         ratio: Some(now.per_task() / before as f64),
-        target: Some(Target::AtMost(target)),
+        checks: Vec::new(),
     }
+    .ratio_target(Target::AtMost(target))
 }
 
-/// Waits until Docker knows none of `ids` any more (60 s at most).
-async fn wait_gone(ids: &[String]) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = Command::new("docker")
-            .args(["ps", "-aq", "--no-trunc"])
-            .output()
-            .await?;
-        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && !ids.iter().any(|id| listed.contains(id.as_str())) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("containers still there 60 s after their tasks ended");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// `n` tasks submitted at once with `?wait=`; the time until the last reply and the removal
-/// of every container they used (`docker run --rm` waits for its removal too).
 async fn ufaas_burst(http: &reqwest::Client, base: &str, n: usize) -> Result<Duration> {
     let url = format!("{base}/fn?wait=600");
     let spec = json!({"task_name": "tput", "image": BUSYBOX, "cmd_list": ["echo", "hi"]});
@@ -808,13 +398,6 @@ async fn wait_state(http: &reqwest::Client, base: &str, id: &str, state: &str) -
     }
 }
 
-async fn docker_text(args: &[&str]) -> String {
-    match Command::new("docker").args(args).output().await {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        _ => "?".into(),
-    }
-}
-
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -848,10 +431,7 @@ async fn run() -> Result<()> {
         "  latency rows: {warm} warm-up pairs, then {samples} pairs, ufaas and baseline in turn"
     );
     println!();
-    println!(
-        "  {:<44}  {:>22}  {:>22}  {:>5}  {:>6}  verdict",
-        "measure", "ufaas (median / p99)", "baseline (median / p99)", "ratio", "target"
-    );
+    print_header();
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
@@ -861,6 +441,7 @@ async fn run() -> Result<()> {
     let par = parallel.to_string();
     let mut server = Server::start(
         "tasks",
+        "VS_DOCKER_LOG_DIR",
         &[
             "--max-concurrent",
             &par,
@@ -902,12 +483,10 @@ async fn run() -> Result<()> {
         .add(&http, &base, before, warm + samples)
         .await?;
     let cold_sequential = cold_writes.text();
-    rows.push(latency_row(
-        "cold task, busybox echo (vs docker run --rm)",
-        &a,
-        &b,
-        0.8,
-    ));
+    rows.push(
+        latency_row("cold task, busybox echo (vs docker run --rm)", &a, &b)
+            .ratio_target(Target::AtMost(0.8)),
+    );
     print_row(rows.last().unwrap());
 
     // Warm reuse, busybox and python.
@@ -928,8 +507,8 @@ async fn run() -> Result<()> {
         ),
     ] {
         let owner = daemon(&http, &base, image).await?;
-        server.kept.push(owner.clone());
-        let live = Baseline::start(image).await?;
+        server.kept.push(format!("ufaas.task={owner}"));
+        let live = Baseline::start(image, 3600).await?;
         let reuse = Probe::Task {
             url: format!("{base}/fn/{owner}?wait=60"),
             spec: json!({"task_name": "warm", "cmd_list": cmd}),
@@ -944,7 +523,7 @@ async fn run() -> Result<()> {
         warm_writes
             .add(&http, &base, before, warm + samples)
             .await?;
-        rows.push(latency_row(label, &a, &b, target));
+        rows.push(latency_row(label, &a, &b).ratio_target(Target::AtMost(target)));
         print_row(rows.last().unwrap());
         drop(live);
     }
@@ -980,13 +559,18 @@ async fn run() -> Result<()> {
         total / ufaas_time.as_secs_f64(),
         total / docker_time.as_secs_f64(),
     );
-    rows.push(Row {
-        measure: format!("throughput, {tasks} tasks, {parallel} at once (vs xargs -P{parallel})"),
-        ufaas: format!("{ufaas_tps:.1} tasks/s"),
-        baseline: format!("{docker_tps:.1} tasks/s"),
-        ratio: Some(ufaas_tps / docker_tps),
-        target: Some(Target::AtLeast(1.5)),
-    });
+    rows.push(
+        Row {
+            measure: format!(
+                "throughput, {tasks} tasks, {parallel} at once (vs xargs -P{parallel})"
+            ),
+            ufaas: format!("{ufaas_tps:.1} tasks/s"),
+            baseline: format!("{docker_tps:.1} tasks/s"),
+            ratio: Some(ufaas_tps / docker_tps),
+            checks: Vec::new(),
+        }
+        .ratio_target(Target::AtLeast(1.5)),
+    );
     print_row(rows.last().unwrap());
 
     // Database writes per task (counted above), against cc5b4a1's 7 cold and 6 warm. The
@@ -1052,6 +636,7 @@ async fn run() -> Result<()> {
     let max_queue = (2 * stored).to_string();
     let mut server = Server::start(
         "paused",
+        "VS_DOCKER_LOG_DIR",
         &["--max-concurrent", "1", "--max-queue", &max_queue],
     )
     .await?;
@@ -1065,7 +650,7 @@ async fn run() -> Result<()> {
         bail!("POST of the slot holder answered {status}: {body}");
     }
     let holder = body["id"].as_str().context("no id")?.to_string();
-    server.kept.push(holder.clone());
+    server.kept.push(format!("ufaas.task={holder}"));
     wait_state(&http, &base, &holder, "RUNNING").await?;
     let warm_posts = 100.min(stored - posts);
     post_many(&http, &base, warm_posts, 16).await?;
@@ -1113,18 +698,6 @@ async fn run() -> Result<()> {
     }
     println!("  whole bench: {:.0} s", started.elapsed().as_secs_f64());
     println!();
-    // Headline numbers, gathered by tox-like-scripts/bench into its summary (the long form:
-    // ufaas, baseline and ratio in their own columns).
-    for r in &rows {
-        println!(
-            "summary\tvs_docker\t{}\t{}\t{}\t{}\t{}\t{}",
-            r.measure,
-            r.ufaas,
-            r.baseline,
-            r.ratio(),
-            r.target(),
-            r.verdict()
-        );
-    }
+    print_summary("vs_docker", &rows);
     Ok(())
 }
