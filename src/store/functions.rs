@@ -240,60 +240,108 @@ impl Store {
     }
 
     /// Stores an invocation: RECEIVED and PENDING, and RUNNING too when a runtime has
-    /// already taken it, with their events, in one write.
+    /// already taken it, with their events, in one write. The row goes in in its last state
+    /// and the events in one statement (each with the record as it was at its change): every
+    /// statement is a round trip to the database's thread, and this is every call's path.
     pub async fn insert_invocation(
         &self,
         inv: NewInvocation<'_>,
     ) -> Result<TaskRecord, StoreError> {
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id = inv.id.to_string();
         let now = now_rfc3339();
+        let last = if inv.running {
+            TaskState::Running
+        } else {
+            TaskState::Pending
+        };
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row: TaskRow = sqlx::query_as(concat!(
             "INSERT INTO tasks (id, task_name, state, image, priority, spec, created_at, \
-             function, function_version) VALUES (?, ?, 'RECEIVED', ?, 0, ?, ?, ?, ?) RETURNING ",
+             function, function_version, started_at, container_id, container_state) \
+             VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, CASE WHEN ? IS NULL THEN NULL ELSE 'ready' END) \
+             RETURNING ",
             columns!()
         ))
         .bind(&id)
         .bind(inv.function)
+        .bind(last.as_str())
         .bind(inv.image)
         .bind(inv.spec.to_string())
         .bind(&now)
         .bind(inv.function)
         .bind(inv.version)
+        .bind(inv.running.then_some(&now))
+        .bind(inv.container)
+        .bind(inv.container)
         .fetch_one(&mut *tx)
         .await?;
-        let mut events =
-            vec![Self::event_in(&mut tx, row.try_into()?, TaskState::Received, &now).await?];
-        let row: TaskRow = sqlx::query_as(concat!(
-            "UPDATE tasks SET state = 'PENDING' WHERE id = ? RETURNING ",
-            columns!()
-        ))
-        .bind(&id)
-        .fetch_one(&mut *tx)
-        .await?;
-        events.push(Self::event_in(&mut tx, row.try_into()?, TaskState::Pending, &now).await?);
+        let record = TaskRecord::try_from(row)?;
+        // The record as each event saw it.
+        let mut received = record.clone();
+        received.state = TaskState::Received;
+        received.started_at = None;
+        received.container = None;
+        let mut pending = received.clone();
+        pending.state = TaskState::Pending;
+        let mut changes = vec![(received, TaskState::Received), (pending, TaskState::Pending)];
         if inv.running {
-            let row: TaskRow = sqlx::query_as(concat!(
-                "UPDATE tasks SET state = 'RUNNING', started_at = ?, container_id = ?, \
-                 container_state = CASE WHEN ? IS NULL THEN NULL ELSE 'ready' END \
-                 WHERE id = ? RETURNING ",
-                columns!()
-            ))
-            .bind(&now)
-            .bind(inv.container)
-            .bind(inv.container)
-            .bind(&id)
-            .fetch_one(&mut *tx)
-            .await?;
-            events.push(Self::event_in(&mut tx, row.try_into()?, TaskState::Running, &now).await?);
+            changes.push((record.clone(), TaskState::Running));
         }
-        let record = events
-            .last()
-            .map(|e| e.task.clone())
-            .ok_or_else(|| StoreError::Corrupt(format!("invocation {id} has no event")))?;
+        let events = Self::events_in(&mut tx, changes, &now).await?;
         self.commit_and_publish(tx, events).await?;
         Ok(record)
+    }
+
+    /// The event rows of two or three changes of one task, written by one statement.
+    async fn events_in(
+        tx: &mut super::Tx<'_>,
+        changes: Vec<(TaskRecord, TaskState)>,
+        at: &str,
+    ) -> Result<Vec<crate::events::StateEvent>, StoreError> {
+        let mut summaries = Vec::with_capacity(changes.len());
+        for (task, _) in &changes {
+            summaries.push(
+                serde_json::to_value(crate::events::TaskSummary::from(task)).map_err(|e| {
+                    StoreError::Corrupt(format!("summary of task {}: {e}", task.id))
+                })?,
+            );
+        }
+        let sql = match changes.len() {
+            2 => "INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?), (?, ?, ?, ?) \
+                  RETURNING seq, state",
+            3 => "INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?), (?, ?, ?, ?), \
+                  (?, ?, ?, ?) RETURNING seq, state",
+            n => return Err(StoreError::Corrupt(format!("{n} events in one statement"))),
+        };
+        let mut q = sqlx::query_as::<_, (i64, String)>(sql);
+        for ((task, state), summary) in changes.iter().zip(&summaries) {
+            q = q
+                .bind(task.id.to_string())
+                .bind(state.as_str())
+                .bind(at)
+                .bind(summary.to_string());
+        }
+        let rows = q.fetch_all(&mut **tx).await?;
+        let mut events = Vec::with_capacity(changes.len());
+        for ((task, state), summary) in changes.into_iter().zip(summaries) {
+            // RETURNING's order is not promised: each row is found by its state.
+            let seq = rows
+                .iter()
+                .find(|(_, st)| st == state.as_str())
+                .map(|(seq, _)| *seq)
+                .ok_or_else(|| StoreError::Corrupt(format!("no seq for the {state} event")))?;
+            events.push(crate::events::StateEvent {
+                seq,
+                task_id: task.id,
+                state,
+                wire: crate::events::state_wire(seq, task.id, state, at, &summary),
+                task,
+            });
+        }
+        // Published in seq order, as every other change's events are.
+        events.sort_by_key(|e| e.seq);
+        Ok(events)
     }
 
     /// PENDING → RUNNING in `container` (a runtime of `version` took the waiting
