@@ -14,7 +14,8 @@
 //!   both; a sequential `GET /healthz` is sampled in the same blocks (a note: the HTTP
 //!   round trip alone). Targets: p50 <= 2 ms and ratio <= 0.05.
 //! - throughput: 8 clients (each its own keep-alive connection) invoking `bench/tput` (`warm:
-//!   2`, `concurrency: 1`, `max_containers: 2`) in a loop, vs the same 8 against `GET
+//!   2`, `concurrency: 4` — four runtime processes in each container, so each client has
+//!   one; `FUNCTIONS_TPUT_CONCURRENCY` changes it — `max_containers: 2`) in a loop, vs the same 8 against `GET
 //!   /healthz` (the HTTP ceiling), alternated in rounds; ratio = invocations/s / requests/s.
 //!   Target: >= 1,000 invocations/s.
 //! - pipeline: `POST /functions/pipeline` of 40 steps naming `bench/fibo` (python
@@ -376,7 +377,7 @@ async fn run() -> Result<()> {
     deploy(
         &mut server,
         "tput",
-        json!({"runtime": "python", "code": ECHO, "warm": 2, "concurrency": 1,
+        json!({"runtime": "python", "code": ECHO, "warm": 2, "concurrency": env_num("FUNCTIONS_TPUT_CONCURRENCY", 4),
                "max_containers": 2}),
     )
     .await?;

@@ -455,3 +455,72 @@ async fn pipelines_secrets_and_tasks() {
     at(&s, &["fn", "rm", "cli/inc"]).await.ok();
     s.stop().await;
 }
+
+/// Every example of `tasks/functions/` deployed with `ufaas fn deploy DIR` and invoked with
+/// `ufaas fn invoke NAME -d INPUT`, as its README says; the answer is the expected one. The
+/// pipeline example runs through `ufaas pipeline`.
+#[tokio::test]
+async fn every_example_deploys_and_answers_through_the_cli() {
+    let s = Server::start().await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks/functions");
+    at_with_stdin(
+        &s,
+        &["secret", "set", "greeting", "-"],
+        b"hello from the vault",
+    )
+    .await
+    .ok();
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("tasks/functions")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("ufaas.json").is_file())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 9, "examples: {dirs:?}");
+    for dir in &dirs {
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("ufaas.json")).expect("ufaas.json"))
+                .expect("ufaas.json is JSON");
+        let name = meta["name"].as_str().expect("a name").to_string();
+        at(&s, &["fn", "deploy", path(dir)]).await.ok();
+        let (input, expected) = if dir.join("input.json").is_file() {
+            (dir.join("input.json"), dir.join("expected.json"))
+        } else {
+            (dir.join("input.txt"), dir.join("expected.txt"))
+        };
+        let out = at(&s, &["fn", "invoke", &name, "-d", path(&input)]).await;
+        let want = std::fs::read_to_string(&expected).expect("expected answer");
+        if expected.extension().is_some_and(|e| e == "json") {
+            let got: Value = serde_json::from_str(out.ok()).unwrap_or(Value::Null);
+            let want: Value = serde_json::from_str(&want).expect("expected is JSON");
+            assert_eq!(got, want, "{name}");
+        } else {
+            assert_eq!(out.ok(), want, "{name}");
+        }
+    }
+    let pipe: Value = serde_json::from_slice(
+        &std::fs::read(root.join("pipeline/pipeline.json")).expect("pipeline.json"),
+    )
+    .expect("JSON");
+    let steps: Vec<String> = pipe["steps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let input = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(input.path(), pipe["input"].to_string()).expect("write input");
+    let mut args = vec!["pipeline"];
+    args.extend(steps.iter().map(String::as_str));
+    args.extend(["-d", path(input.path())]);
+    let got: Value = serde_json::from_str(at(&s, &args).await.ok()).unwrap_or(Value::Null);
+    let want: Value = serde_json::from_slice(
+        &std::fs::read(root.join("pipeline/expected.json")).expect("expected.json"),
+    )
+    .expect("JSON");
+    assert_eq!(got, want);
+    s.stop().await;
+}

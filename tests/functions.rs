@@ -540,3 +540,253 @@ async fn bad_deploy_bodies_are_refused_naming_the_field() {
     assert_eq!(s.get("/functions").await.body["functions"], json!([]));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_request_env_and_logs_reach_the_handler_and_back() {
+    let s = Server::start_with(|c| c.max_body_bytes = 64 * 1024).await;
+    deployed(
+        &deploy(
+            &s,
+            "ctx/show",
+            json!({"runtime": "python", "env": {"GREETING": "hi", "N": 3},
+                   "code": "import os\ndef main(event, context):\n    print('line one')\n    print('line two')\n    return {'method': context.method, 'path': context.path, 'query': context.query,\n            'x': context.headers.get('x-thing'), 'auth': context.headers.get('authorization'),\n            'env': [os.environ['GREETING'], os.environ['N']], 'event': event}\n"}),
+        )
+        .await,
+    );
+    let a = raw(s
+        .http
+        .put(s.url("/functions/ctx/show/invoke?a=1&b=two"))
+        .header("x-thing", "yes")
+        .header("authorization", "Bearer not-for-handlers")
+        .body("[1, 2]"))
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(
+        a.json(),
+        json!({"method": "PUT", "path": "/functions/ctx/show/invoke", "query": {"a": "1", "b": "two"},
+               "x": "yes", "auth": null, "env": ["hi", "3"], "event": [1, 2]})
+    );
+    let id = a.header("x-ufaas-task-id").to_string();
+    let rec = s.get(&format!("/fn/{id}")).await.body;
+    assert!(!rec.to_string().contains("not-for-handlers"), "{rec}");
+
+    // Logs: tail, task, since.
+    invoke(&s, "ctx/show", "2").await;
+    let logs = s.get("/functions/ctx/show/logs?tail=1").await.body;
+    assert_eq!(logs["lines"].as_array().map(Vec::len), Some(1), "{logs}");
+    assert_eq!(logs["lines"][0]["line"], "line two");
+    let logs = s
+        .get(&format!("/functions/ctx/show/logs?task={id}"))
+        .await
+        .body;
+    let lines: Vec<&str> = logs["lines"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|x| x["line"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(lines, ["line one", "line two"]);
+    let logs = s
+        .get("/functions/ctx/show/logs?since=2999-01-01T00:00:00Z")
+        .await
+        .body;
+    assert_eq!(logs["lines"], json!([]));
+    for (q, field) in [
+        ("tail=0", "tail"),
+        ("since=yesterday", "since"),
+        ("task=42", "task"),
+    ] {
+        s.get(&format!("/functions/ctx/show/logs?{q}"))
+            .await
+            .assert_error(400, "invalid_query", Some(field));
+    }
+    s.get("/functions/ctx/nope/logs")
+        .await
+        .assert_error(404, "not_found", None);
+
+    // An input over the cap is refused before anything runs.
+    let big = "x".repeat(100 * 1024);
+    let a = invoke(&s, "ctx/show", &big).await;
+    assert_eq!(
+        (a.status, a.json()["code"].clone()),
+        (413, json!("payload_too_large"))
+    );
+    let a = raw(s
+        .http
+        .post(s.url("/functions/ctx/show/invoke"))
+        .header("x-ufaas-async", "maybe"))
+    .await;
+    assert_eq!(
+        (a.status, a.json()["field"].clone()),
+        (400, json!("X-Ufaas-Async"))
+    );
+    s.stop().await;
+}
+
+/// Receives callbacks on loopback: each POST's headers and body.
+async fn callback_receiver() -> (
+    String,
+    tokio::sync::mpsc::Receiver<(String, String, String)>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Headers, then the body by its length.
+            let (head, body) = loop {
+                let Ok(n) = sock.read(&mut chunk).await else {
+                    break (String::new(), String::new());
+                };
+                if n == 0 {
+                    break (String::new(), String::new());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let head = text[..end].to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break (head, text[end + 4..end + 4 + len].to_string());
+                    }
+                }
+            };
+            // The first delivery is refused: the server must retry.
+            let status = if first {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
+            let _ = sock
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+            if !first {
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                };
+                let _ = tx
+                    .send((header("x-ufaas-task-id"), header("x-ufaas-status"), body))
+                    .await;
+            }
+            first = false;
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn async_calls_and_pipelines_with_callbacks() {
+    let s = Server::start_with(|c| c.allow_fetch = vec!["127.0.0.1".into()]).await;
+    deployed(
+        &deploy(
+            &s,
+            "cb/up",
+            json!({"runtime": "python", "code": "def fn(input):\n    return input.upper()\n"}),
+        )
+        .await,
+    );
+    let (url, mut rx) = callback_receiver().await;
+    let a = raw(s
+        .http
+        .post(s.url("/functions/cb/up/invoke"))
+        .header("x-callback-url", &url)
+        .body("called back"))
+    .await;
+    assert_eq!(a.status, 202, "{}", a.text);
+    let id = a.json()["id"].as_str().unwrap_or_default().to_string();
+    let got = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .ok()
+        .flatten()
+        .expect("the callback came (after one refused delivery)");
+    assert_eq!(
+        got,
+        (id.clone(), "200".to_string(), "CALLED BACK".to_string())
+    );
+
+    // A callback to a host that is not allowed is refused at the request.
+    let s2 = Server::start().await;
+    deployed(
+        &deploy(
+            &s2,
+            "cb/up",
+            json!({"runtime": "python", "code": "def fn(i): return i\n"}),
+        )
+        .await,
+    );
+    let a = raw(s2
+        .http
+        .post(s2.url("/functions/cb/up/invoke"))
+        .header("x-callback-url", "http://127.0.0.1:9/x"))
+    .await;
+    assert_eq!(
+        (a.status, a.json()["code"].clone()),
+        (403, json!("uri_not_allowed")),
+        "{}",
+        a.text
+    );
+    let a = raw(s2
+        .http
+        .post(s2.url("/functions/cb/up/invoke"))
+        .header("x-callback-url", "ftp://x/"))
+    .await;
+    assert_eq!(
+        (a.status, a.json()["field"].clone()),
+        (400, json!("X-Callback-Url"))
+    );
+    s2.stop().await;
+
+    // An async pipeline is a task listing its steps.
+    let r = s
+        .post(
+            "/functions/pipeline?async=true",
+            &json!({"steps": ["cb/up", "cb/up"], "input": "ab"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let pipe = s.wait_ended(&r.id()).await;
+    assert_eq!(pipe["state"], "FINISHED", "{pipe}");
+    assert_eq!(pipe["result"]["body"], "AB");
+    assert_eq!(pipe["steps"].as_array().map(Vec::len), Some(2));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_invocation_is_a_task_with_every_event() {
+    let s = Server::start().await;
+    deployed(&deploy(&s, "ev/one", json!({"runtime": "shell", "code": "cat\n"})).await);
+    let mut ws = s.ws("since=0").await;
+    let a = invoke(&s, "ev/one", "x").await;
+    assert_eq!(a.status, 200);
+    let id = a.header("x-ufaas-task-id").to_string();
+    let mut states = Vec::new();
+    let mut last_seq = 0;
+    while states.last().map(String::as_str) != Some("FINISHED") {
+        let ev = next_json(&mut ws, 20).await.expect("an event");
+        if ev["task_id"] == id.as_str() {
+            let seq = ev["seq"].as_i64().unwrap_or(0);
+            assert!(seq > last_seq, "seq order");
+            last_seq = seq;
+            states.push(ev["state"].as_str().unwrap_or("").to_string());
+        }
+    }
+    assert_eq!(states, ["RECEIVED", "PENDING", "RUNNING", "FINISHED"]);
+    let listed = s.get("/fn?name=ev/one").await.body;
+    assert_eq!(listed["tasks"][0]["id"], id.as_str(), "{listed}");
+    s.stop().await;
+}

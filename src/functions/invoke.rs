@@ -220,6 +220,31 @@ impl Functions {
         let d = self
             .get(namespace, name)
             .ok_or_else(|| Refusal::NotFound(format!("{namespace}/{name}")))?;
+        if let Some(w) = d.pool.try_lease() {
+            // A free worker: the record (RUNNING, in that container) is written while the
+            // call runs, not before it, so the worker never waits on the database. Both end
+            // before the call is answered; a call whose record cannot be written is
+            // answered with the database's error.
+            let id = TaskId::new();
+            let function = d.full_name();
+            let spec = call.to_spec(&function, d.version, None);
+            let insert = self.store().insert_invocation(NewInvocation {
+                id,
+                function: &function,
+                version: Some(d.version),
+                image: &d.spec.image,
+                spec: &spec,
+                running: true,
+                container: Some(&w.container.id),
+            });
+            let (stored, ran) = tokio::join!(insert, self.call_worker(&d, &w, &call));
+            if let Err(e) = stored {
+                let todo = d.pool.release(w, ran.healthy);
+                self.act(&d, todo);
+                return Err(Refusal::Store(e));
+            }
+            return Ok(self.run_call(d, id, w, Some(ran), &call).await);
+        }
         let (task, lease) = self.accept(&d, &call, None).await?;
         Ok(self.run_accepted(d, task, lease, call).await)
     }
@@ -312,17 +337,48 @@ impl Functions {
         call: Call,
     ) -> Invoked {
         let id = task.id;
-        let lease = match accepted {
-            Accepted::Now(w) => Ok(w),
-            Accepted::Waiting(rx) => self.wait_for_worker(&mut d, id, rx).await,
+        let (w, first) = match accepted {
+            Accepted::Now(w) => (w, None),
+            Accepted::Waiting(rx) => {
+                let w = match self.wait_for_worker(&mut d, rx).await {
+                    Ok(w) => w,
+                    Err(failure) => return self.record(id, &d, Ran::default(), Err(failure)).await,
+                };
+                // RUNNING is recorded while the call runs: the worker does not wait on it.
+                let running = self
+                    .store()
+                    .invocation_running(id, &w.container.id, d.version);
+                let (marked, ran) = tokio::join!(running, self.call_worker(&d, &w, &call));
+                match marked {
+                    Ok(Some(_)) => {}
+                    // Cancelled while it waited: what it answers is not recorded (the record
+                    // stays CANCELLED).
+                    Ok(None) => tracing::debug!(task = %id, "a call cancelled while it waited ran"),
+                    Err(e) => tracing::warn!(task = %id, error = %e, "recording RUNNING failed"),
+                }
+                (w, Some(ran))
+            }
         };
-        let mut w = match lease {
-            Ok(w) => w,
-            Err(failure) => return self.record(id, &d, Ran::default(), Err(failure)).await,
-        };
+        self.run_call(d, id, w, first, &call).await
+    }
+
+    /// Runs the call on `w` (unless `first` is how it already ran there), gives the worker
+    /// back, and records the end. A call that never reached a runtime (it had died while
+    /// idle) goes to another worker.
+    async fn run_call(
+        self: &Arc<Self>,
+        d: Arc<Deployed>,
+        id: TaskId,
+        mut w: Lease,
+        mut first: Option<Ran>,
+        call: &Call,
+    ) -> Invoked {
         let mut tries = 0;
         let ran = loop {
-            let ran = self.call_worker(&d, &w, &call).await;
+            let ran = match first.take() {
+                Some(ran) => ran,
+                None => self.call_worker(&d, &w, call).await,
+            };
             let todo = d.pool.release(w, ran.healthy);
             self.act(&d, todo);
             if !(ran.not_sent && tries < 3) {
@@ -354,34 +410,16 @@ impl Functions {
     }
 
     /// Waits in the queue for a worker; a version replaced meanwhile sends the call to the
-    /// new one. Marks the task RUNNING once it has one.
+    /// new one.
     async fn wait_for_worker(
         self: &Arc<Self>,
         d: &mut Arc<Deployed>,
-        id: TaskId,
         mut rx: tokio::sync::oneshot::Receiver<Result<Lease, LeaseError>>,
     ) -> Result<Lease, Failure> {
         loop {
             let got = rx.await;
             match got {
-                Ok(Ok(w)) => {
-                    match self
-                        .store()
-                        .invocation_running(id, &w.container.id, d.version)
-                        .await
-                    {
-                        Ok(Some(_)) => return Ok(w),
-                        // Cancelled while it waited, or the database failed: give it back.
-                        other => {
-                            let todo = d.pool.release(w, true);
-                            self.act(d, todo);
-                            return Err(match other {
-                                Err(e) => Failure::Unavailable(e.to_string()),
-                                _ => Failure::Gone,
-                            });
-                        }
-                    }
-                }
+                Ok(Ok(w)) => return Ok(w),
                 Ok(Err(LeaseError::Retired)) => {
                     let Some(next) = self.get(&d.namespace, &d.name) else {
                         return Err(Failure::Gone);

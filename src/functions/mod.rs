@@ -192,12 +192,13 @@ impl Functions {
         spec::check_name(namespace, "namespace")?;
         spec::check_name(name, "name")?;
         let cfg = self.runner.config();
-        let parsed = spec::parse(
-            body,
-            &cfg.policy(),
-            cfg.max_body_bytes,
-            cfg.max_extract_bytes,
-        )?;
+        let (policy, max_code, max_extract) =
+            (cfg.policy(), cfg.max_body_bytes, cfg.max_extract_bytes);
+        // Off the async threads: an archive is decoded, unpacked and hashed.
+        let parsed =
+            tokio::task::spawn_blocking(move || spec::parse(body, &policy, max_code, max_extract))
+                .await
+                .map_err(|e| ApiError::internal(format!("checking the function: {e}")))??;
         for (i, s) in parsed.secrets.iter().enumerate() {
             let known = self
                 .secrets

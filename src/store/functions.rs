@@ -7,7 +7,10 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::{Arc, Mutex};
+
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use super::{Store, StoreError, TaskRow};
 use crate::model::{now_rfc3339, Outcome, TaskId, TaskRecord, TaskState};
@@ -104,6 +107,50 @@ pub struct LoggedTask {
     pub at: String,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// An invocation write waiting for the next transaction.
+pub(super) enum Op {
+    Insert {
+        id: TaskId,
+        function: String,
+        version: Option<i64>,
+        image: String,
+        spec: String,
+        running: bool,
+        container: Option<String>,
+    },
+    Running {
+        id: TaskId,
+        container: String,
+        version: i64,
+    },
+    Finish {
+        id: TaskId,
+        state: TaskState,
+        outcome: Outcome,
+        result: Option<String>,
+        steps: Option<String>,
+    },
+}
+
+type Reply = oneshot::Sender<Result<Option<TaskRecord>, StoreError>>;
+
+/// The invocation writes queued for the next transaction.
+#[derive(Default, Clone)]
+pub(super) struct Queued(Arc<Mutex<Vec<(Op, Reply)>>>);
+
+impl Queued {
+    fn push(&self, op: Op, reply: Reply) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((op, reply));
+    }
+
+    fn take(&self) -> Vec<(Op, Reply)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 impl Store {
@@ -240,57 +287,248 @@ impl Store {
     }
 
     /// Stores an invocation: RECEIVED and PENDING, and RUNNING too when a runtime has
-    /// already taken it, with their events, in one write. The row goes in in its last state
-    /// and the events in one statement (each with the record as it was at its change): every
-    /// statement is a round trip to the database's thread, and this is every call's path.
+    /// already taken it, with their events, in one write (shared with the invocation writes
+    /// made at the same moment, see [`Store::combined`]).
     pub async fn insert_invocation(
         &self,
         inv: NewInvocation<'_>,
     ) -> Result<TaskRecord, StoreError> {
-        let id = inv.id.to_string();
-        let now = now_rfc3339();
-        let last = if inv.running {
-            TaskState::Running
-        } else {
-            TaskState::Pending
-        };
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row: TaskRow = sqlx::query_as(concat!(
-            "INSERT INTO tasks (id, task_name, state, image, priority, spec, created_at, \
-             function, function_version, started_at, container_id, container_state) \
-             VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, CASE WHEN ? IS NULL THEN NULL ELSE 'ready' END) \
-             RETURNING ",
-            columns!()
-        ))
-        .bind(&id)
-        .bind(inv.function)
-        .bind(last.as_str())
-        .bind(inv.image)
-        .bind(inv.spec.to_string())
-        .bind(&now)
-        .bind(inv.function)
-        .bind(inv.version)
-        .bind(inv.running.then_some(&now))
-        .bind(inv.container)
-        .bind(inv.container)
-        .fetch_one(&mut *tx)
-        .await?;
-        let record = TaskRecord::try_from(row)?;
-        // The record as each event saw it.
-        let mut received = record.clone();
-        received.state = TaskState::Received;
-        received.started_at = None;
-        received.container = None;
-        let mut pending = received.clone();
-        pending.state = TaskState::Pending;
-        let mut changes = vec![(received, TaskState::Received), (pending, TaskState::Pending)];
-        if inv.running {
-            changes.push((record.clone(), TaskState::Running));
+        let id = inv.id;
+        self.combined(Op::Insert {
+            id: inv.id,
+            function: inv.function.to_string(),
+            version: inv.version,
+            image: inv.image.to_string(),
+            spec: inv.spec.to_string(),
+            running: inv.running,
+            container: inv.container.map(str::to_string),
+        })
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("invocation {id} was not stored")))
+    }
+
+    /// PENDING → RUNNING in `container` (a runtime of `version` took the waiting
+    /// invocation: a replace meanwhile sends it to the new version). `None` when it is no
+    /// longer PENDING (cancelled meanwhile).
+    pub async fn invocation_running(
+        &self,
+        id: TaskId,
+        container: &str,
+        version: i64,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        self.combined(Op::Running {
+            id,
+            container: container.to_string(),
+            version,
+        })
+        .await
+    }
+
+    /// Ends an invocation (or a pipeline) that has not ended, with its result and steps.
+    pub async fn finish_invocation(
+        &self,
+        id: TaskId,
+        state: TaskState,
+        outcome: &Outcome,
+        result: Option<&Value>,
+        steps: Option<&[TaskId]>,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        self.combined(Op::Finish {
+            id,
+            state,
+            outcome: outcome.clone(),
+            result: result.map(Value::to_string),
+            steps: steps.map(|s| serde_json::to_string(s).unwrap_or_else(|_| "[]".into())),
+        })
+        .await
+    }
+
+    /// Group commit: the write joins the queue, and whoever holds the right to write next
+    /// makes every queued write in one transaction. Under load many calls share one
+    /// transaction (a statement costs a round trip to the database's thread, a transaction
+    /// two more); alone, a write is its own transaction as before. A batch that fails is
+    /// made again one write at a time, so one bad write fails only itself.
+    async fn combined(&self, op: Op) -> Result<Option<TaskRecord>, StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.queued.push(op, reply);
+        {
+            let _w = self.write.lock().await;
+            let batch = self.queued.take();
+            if !batch.is_empty() {
+                self.writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.run_batch(batch).await;
+            }
         }
-        let events = Self::events_in(&mut tx, changes, &now).await?;
+        done.await
+            .map_err(|_| StoreError::Corrupt("a queued write was dropped".into()))?
+    }
+
+    async fn run_batch(&self, batch: Vec<(Op, Reply)>) {
+        if batch.len() > 1 {
+            match self.apply_all(batch.iter().map(|(op, _)| op)).await {
+                Ok(results) => {
+                    for ((_, reply), r) in batch.into_iter().zip(results) {
+                        let _ = reply.send(Ok(r));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a batch of writes failed; making them one by one")
+                }
+            }
+        }
+        for (op, reply) in batch {
+            let r = self.apply_all(std::iter::once(&op)).await;
+            let _ = reply.send(r.and_then(|mut v| {
+                v.pop()
+                    .ok_or_else(|| StoreError::Corrupt("a write gave no result".into()))
+            }));
+        }
+    }
+
+    /// Makes `ops` in one transaction, then publishes their events in seq order.
+    async fn apply_all<'o>(
+        &self,
+        ops: impl Iterator<Item = &'o Op>,
+    ) -> Result<Vec<Option<TaskRecord>>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut results = Vec::new();
+        let mut events = Vec::new();
+        for op in ops {
+            let (record, evs) = Self::apply(&mut tx, op).await?;
+            results.push(record);
+            events.extend(evs);
+        }
+        events.sort_by_key(|e| e.seq);
         self.commit_and_publish(tx, events).await?;
-        Ok(record)
+        Ok(results)
+    }
+
+    async fn apply(
+        tx: &mut super::Tx<'_>,
+        op: &Op,
+    ) -> Result<(Option<TaskRecord>, Vec<crate::events::StateEvent>), StoreError> {
+        let now = now_rfc3339();
+        match op {
+            Op::Insert {
+                id,
+                function,
+                version,
+                image,
+                spec,
+                running,
+                container,
+            } => {
+                // The row goes in in its last state and the events in one statement: every
+                // statement is a round trip to the database's thread.
+                let last = if *running {
+                    TaskState::Running
+                } else {
+                    TaskState::Pending
+                };
+                let row: TaskRow = sqlx::query_as(concat!(
+                    "INSERT INTO tasks (id, task_name, state, image, priority, spec, created_at, \
+                     function, function_version, started_at, container_id, container_state) \
+                     VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, \
+                     CASE WHEN ? IS NULL THEN NULL ELSE 'ready' END) RETURNING ",
+                    columns!()
+                ))
+                .bind(id.to_string())
+                .bind(function)
+                .bind(last.as_str())
+                .bind(image)
+                .bind(spec)
+                .bind(&now)
+                .bind(function)
+                .bind(version)
+                .bind(running.then_some(&now))
+                .bind(container)
+                .bind(container)
+                .fetch_one(&mut **tx)
+                .await?;
+                let record = TaskRecord::try_from(row)?;
+                // The record as each event saw it.
+                let mut received = record.clone();
+                received.state = TaskState::Received;
+                received.started_at = None;
+                received.container = None;
+                let mut pending = received.clone();
+                pending.state = TaskState::Pending;
+                let mut changes = vec![
+                    (received, TaskState::Received),
+                    (pending, TaskState::Pending),
+                ];
+                if *running {
+                    changes.push((record.clone(), TaskState::Running));
+                }
+                let events = Self::events_in(tx, changes, &now).await?;
+                Ok((Some(record), events))
+            }
+            Op::Running {
+                id,
+                container,
+                version,
+            } => {
+                let ev = Self::transition_in(
+                    tx,
+                    TaskState::Running,
+                    &now,
+                    sqlx::query_as(concat!(
+                        "UPDATE tasks SET state = 'RUNNING', started_at = ?, container_id = ?, \
+                         container_state = 'ready', function_version = ? \
+                         WHERE id = ? AND state = 'PENDING' RETURNING ",
+                        columns!()
+                    ))
+                    .bind(&now)
+                    .bind(container)
+                    .bind(version)
+                    .bind(id.to_string()),
+                )
+                .await?;
+                Ok((
+                    ev.as_ref().map(|e| e.task.clone()),
+                    ev.into_iter().collect(),
+                ))
+            }
+            Op::Finish {
+                id,
+                state,
+                outcome,
+                result,
+                steps,
+            } => {
+                let ev = Self::transition_in(
+                    tx,
+                    *state,
+                    &now,
+                    sqlx::query_as(concat!(
+                        "UPDATE tasks SET state = ?, finished_at = ?, exit_code = ?, stdout = ?, \
+                         stderr = ?, output_truncated = ?, error = ?, result = ?, \
+                         steps = COALESCE(?, steps), started_at = COALESCE(started_at, ?) \
+                         WHERE id = ? AND state IN ('RECEIVED', 'PENDING', 'STARTING', 'RUNNING') \
+                         RETURNING ",
+                        columns!()
+                    ))
+                    .bind(state.as_str())
+                    .bind(&now)
+                    .bind(outcome.exit_code)
+                    .bind(&outcome.stdout)
+                    .bind(&outcome.stderr)
+                    .bind(outcome.output_truncated)
+                    .bind(&outcome.error)
+                    .bind(result)
+                    .bind(steps)
+                    .bind(&now)
+                    .bind(id.to_string()),
+                )
+                .await?;
+                Ok((
+                    ev.as_ref().map(|e| e.task.clone()),
+                    ev.into_iter().collect(),
+                ))
+            }
+        }
     }
 
     /// The event rows of two or three changes of one task, written by one statement.
@@ -308,10 +546,14 @@ impl Store {
             );
         }
         let sql = match changes.len() {
-            2 => "INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?), (?, ?, ?, ?) \
-                  RETURNING seq, state",
-            3 => "INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?), (?, ?, ?, ?), \
-                  (?, ?, ?, ?) RETURNING seq, state",
+            2 => {
+                "INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?), (?, ?, ?, ?) \
+                  RETURNING seq, state"
+            }
+            3 => {
+                "INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?), (?, ?, ?, ?), \
+                  (?, ?, ?, ?) RETURNING seq, state"
+            }
             n => return Err(StoreError::Corrupt(format!("{n} events in one statement"))),
         };
         let mut q = sqlx::query_as::<_, (i64, String)>(sql);
@@ -342,70 +584,6 @@ impl Store {
         // Published in seq order, as every other change's events are.
         events.sort_by_key(|e| e.seq);
         Ok(events)
-    }
-
-    /// PENDING → RUNNING in `container` (a runtime of `version` took the waiting
-    /// invocation: a replace meanwhile sends it to the new version). `None` when it is no
-    /// longer PENDING (cancelled meanwhile).
-    pub async fn invocation_running(
-        &self,
-        id: TaskId,
-        container: &str,
-        version: i64,
-    ) -> Result<Option<TaskRecord>, StoreError> {
-        let now = now_rfc3339();
-        self.transition(
-            TaskState::Running,
-            &now,
-            sqlx::query_as(concat!(
-                "UPDATE tasks SET state = 'RUNNING', started_at = ?, container_id = ?, \
-                 container_state = 'ready', function_version = ? \
-                 WHERE id = ? AND state = 'PENDING' RETURNING ",
-                columns!()
-            ))
-            .bind(&now)
-            .bind(container)
-            .bind(version)
-            .bind(id.to_string()),
-        )
-        .await
-    }
-
-    /// Ends an invocation (or a pipeline) that has not ended, with its result and steps.
-    pub async fn finish_invocation(
-        &self,
-        id: TaskId,
-        state: TaskState,
-        outcome: &Outcome,
-        result: Option<&Value>,
-        steps: Option<&[TaskId]>,
-    ) -> Result<Option<TaskRecord>, StoreError> {
-        let now = now_rfc3339();
-        let steps = steps.map(|s| serde_json::to_string(s).unwrap_or_else(|_| "[]".into()));
-        self.transition(
-            state,
-            &now,
-            sqlx::query_as(concat!(
-                "UPDATE tasks SET state = ?, finished_at = ?, exit_code = ?, stdout = ?, \
-                 stderr = ?, output_truncated = ?, error = ?, result = ?, \
-                 steps = COALESCE(?, steps), started_at = COALESCE(started_at, ?) \
-                 WHERE id = ? AND state IN ('RECEIVED', 'PENDING', 'STARTING', 'RUNNING') \
-                 RETURNING ",
-                columns!()
-            ))
-            .bind(state.as_str())
-            .bind(&now)
-            .bind(outcome.exit_code)
-            .bind(&outcome.stdout)
-            .bind(&outcome.stderr)
-            .bind(outcome.output_truncated)
-            .bind(&outcome.error)
-            .bind(result.map(Value::to_string))
-            .bind(steps)
-            .bind(&now)
-            .bind(id.to_string()),
-        )
-        .await
     }
 
     /// Invocations and pipelines a previous run left unended: those that waited come back to

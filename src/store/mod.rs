@@ -166,6 +166,8 @@ pub struct Store {
     pool: SqlitePool,
     events: Events,
     write: std::sync::Arc<Mutex<()>>,
+    /// Invocation writes waiting to be made together (group commit, see `functions`).
+    queued: functions::Queued,
     writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -183,6 +185,10 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // A file on this machine does not go away under a held connection: the ping sqlx
+            // makes before every acquire would be one more round trip to the database's
+            // thread on every read and write (every call's path).
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -190,6 +196,7 @@ impl Store {
             pool,
             events,
             write: std::sync::Arc::new(Mutex::new(())),
+            queued: functions::Queued::default(),
             writes: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
     }
@@ -289,13 +296,27 @@ impl Store {
     ) -> Result<Option<TaskRecord>, StoreError> {
         let _w = self.writer().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some(row) = update.fetch_optional(&mut *tx).await? else {
+        let Some(ev) = Self::transition_in(&mut tx, to, at, update).await? else {
             return Ok(None);
         };
-        let ev = Self::event_in(&mut tx, TaskRecord::try_from(row)?, to, at).await?;
         let record = ev.task.clone();
         self.commit_and_publish(tx, vec![ev]).await?;
         Ok(Some(record))
+    }
+
+    /// [`Store::transition`] inside a transaction of the caller's: the change and its event.
+    async fn transition_in(
+        tx: &mut Tx<'_>,
+        to: TaskState,
+        at: &str,
+        update: sqlx::query::QueryAs<'_, Sqlite, TaskRow, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<Option<StateEvent>, StoreError> {
+        let Some(row) = update.fetch_optional(&mut **tx).await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            Self::event_in(tx, TaskRecord::try_from(row)?, to, at).await?,
+        ))
     }
 
     async fn commit_and_publish(
