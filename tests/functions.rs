@@ -788,5 +788,11 @@ async fn an_invocation_is_a_task_with_every_event() {
     assert_eq!(states, ["RECEIVED", "PENDING", "RUNNING", "FINISHED"]);
     let listed = s.get("/fn?name=ev/one").await.body;
     assert_eq!(listed["tasks"][0]["id"], id.as_str(), "{listed}");
+    s.put(
+        &format!("/fn/{id}"),
+        &json!({"task_name": "x", "image": "ufaas/busybox:latest", "cmd_list": ["true"]}),
+    )
+    .await
+    .assert_error(400, "invalid_value", Some("id"));
     s.stop().await;
 }

@@ -423,6 +423,17 @@ impl Runner {
         // write, on the spec as it would become, exactly as a submit's do: what POST refuses,
         // PUT refuses too.
         let current = self.store.get(id).await?.ok_or(RunnerError::NoTask(id))?;
+        if current.spec.get("function").is_some() {
+            // Its spec is the request it was called with, not a task spec.
+            return Err(ApiError::bad_request(
+                Code::InvalidValue,
+                "id",
+                format!(
+                    "task {id} is a function call (or a pipeline): its request cannot be replaced"
+                ),
+            )
+            .into());
+        }
         if current.state.is_queued() {
             let checked = new_spec(&current)?;
             self.check_fetch_names(&checked).await?;
