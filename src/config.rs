@@ -219,6 +219,7 @@ impl ServeConfig {
             nofile: self.nofile,
             fsize_bytes: self.max_file_bytes,
             log_max_size: self.log_max_size.clone(),
+            log: true,
             read_only_root: self.read_only_root,
             writable: Vec::new(),
             user: self.user.clone(),

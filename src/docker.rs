@@ -111,6 +111,10 @@ pub struct Hardening {
     pub fsize_bytes: i64,
     /// Size cap of the container's json-file log.
     pub log_max_size: String,
+    /// Whether the engine logs what the container prints. A function's container prints
+    /// only the agent's frames (the protocol of every call): logging them would cost the
+    /// engine a JSON encoding and a file write per call, and show nothing a person reads.
+    pub log: bool,
     /// Read-only root filesystem; `writable` paths become anonymous volumes.
     pub read_only_root: bool,
     pub writable: Vec<String>,
@@ -130,6 +134,7 @@ impl Default for Hardening {
             nofile: 1024,
             fsize_bytes: 1 << 30,
             log_max_size: "1m".into(),
+            log: true,
             read_only_root: false,
             writable: Vec::new(),
             user: None,
@@ -165,12 +170,19 @@ impl Hardening {
                 hard: Some(h.fsize_bytes),
             },
         ]);
-        host.log_config = Some(HostConfigLogConfig {
-            typ: Some("json-file".into()),
-            config: Some(HashMap::from([
-                ("max-size".to_string(), h.log_max_size.clone()),
-                ("max-file".to_string(), "1".to_string()),
-            ])),
+        host.log_config = Some(if h.log {
+            HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), h.log_max_size.clone()),
+                    ("max-file".to_string(), "1".to_string()),
+                ])),
+            }
+        } else {
+            HostConfigLogConfig {
+                typ: Some("none".into()),
+                config: None,
+            }
         });
         host.readonly_rootfs = Some(h.read_only_root);
         if h.read_only_root {

@@ -386,6 +386,7 @@ impl Functions {
             network: spec.network,
             tmpfs: HashMap::new(),
             binds: Vec::new(),
+            log: false,
         };
         let (cid, agent) = self
             .runner

@@ -427,6 +427,7 @@ impl Runner {
                 // With a read-only root, what must stay writable (and take our uploads) are
                 // anonymous volumes, removed with the container.
                 writable: writable_roots(plan.workdir),
+                log: plan.log,
                 ..self.hardening.clone()
             },
             main: agent::PATH.to_string(),
@@ -611,6 +612,7 @@ impl Runner {
                 network: spec.network,
                 tmpfs: prepared.tmpfs,
                 binds: prepared.binds,
+                log: true,
             },
             mount,
         );
@@ -746,6 +748,8 @@ pub(crate) struct ContainerPlan<'a> {
     pub network: bool,
     pub tmpfs: HashMap<String, String>,
     pub binds: Vec<String>,
+    /// Whether the engine keeps a log of what it prints (`Hardening::log`).
+    pub log: bool,
 }
 
 /// A container to remove once the task's end is recorded.

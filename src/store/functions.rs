@@ -394,21 +394,23 @@ impl Store {
     ) -> Result<Vec<Option<TaskRecord>>, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut results = Vec::new();
-        let mut events = Vec::new();
+        let mut changes = Vec::new();
         for op in ops {
-            let (record, evs) = Self::apply(&mut tx, op).await?;
-            results.push(record);
-            events.extend(evs);
+            results.push(Self::apply(&mut tx, op, &mut changes).await?);
         }
-        events.sort_by_key(|e| e.seq);
+        // Every event of the batch in one statement.
+        let events = Self::events_in(&mut tx, changes).await?;
         self.commit_and_publish(tx, events).await?;
         Ok(results)
     }
 
+    /// Makes one write's change to `tasks`; the state changes it made (the record as each
+    /// saw it, the state, when) go to `changes`, for their events.
     async fn apply(
         tx: &mut super::Tx<'_>,
         op: &Op,
-    ) -> Result<(Option<TaskRecord>, Vec<crate::events::StateEvent>), StoreError> {
+        changes: &mut Vec<(TaskRecord, TaskState, String)>,
+    ) -> Result<Option<TaskRecord>, StoreError> {
         let now = now_rfc3339();
         match op {
             Op::Insert {
@@ -455,41 +457,31 @@ impl Store {
                 received.container = None;
                 let mut pending = received.clone();
                 pending.state = TaskState::Pending;
-                let mut changes = vec![
-                    (received, TaskState::Received),
-                    (pending, TaskState::Pending),
-                ];
+                changes.push((received, TaskState::Received, now.clone()));
+                changes.push((pending, TaskState::Pending, now.clone()));
                 if *running {
-                    changes.push((record.clone(), TaskState::Running));
+                    changes.push((record.clone(), TaskState::Running, now.clone()));
                 }
-                let events = Self::events_in(tx, changes, &now).await?;
-                Ok((Some(record), events))
+                Ok(Some(record))
             }
             Op::Running {
                 id,
                 container,
                 version,
             } => {
-                let ev = Self::transition_in(
-                    tx,
-                    TaskState::Running,
-                    &now,
-                    sqlx::query_as(concat!(
-                        "UPDATE tasks SET state = 'RUNNING', started_at = ?, container_id = ?, \
+                let row: Option<TaskRow> = sqlx::query_as(concat!(
+                    "UPDATE tasks SET state = 'RUNNING', started_at = ?, container_id = ?, \
                          container_state = 'ready', function_version = ? \
                          WHERE id = ? AND state = 'PENDING' RETURNING ",
-                        columns!()
-                    ))
-                    .bind(&now)
-                    .bind(container)
-                    .bind(version)
-                    .bind(id.to_string()),
-                )
-                .await?;
-                Ok((
-                    ev.as_ref().map(|e| e.task.clone()),
-                    ev.into_iter().collect(),
+                    columns!()
                 ))
+                .bind(&now)
+                .bind(container)
+                .bind(version)
+                .bind(id.to_string())
+                .fetch_optional(&mut **tx)
+                .await?;
+                Self::changed(row, TaskState::Running, now, changes)
             }
             Op::Finish {
                 id,
@@ -498,86 +490,91 @@ impl Store {
                 result,
                 steps,
             } => {
-                let ev = Self::transition_in(
-                    tx,
-                    *state,
-                    &now,
-                    sqlx::query_as(concat!(
-                        "UPDATE tasks SET state = ?, finished_at = ?, exit_code = ?, stdout = ?, \
+                let row: Option<TaskRow> = sqlx::query_as(concat!(
+                    "UPDATE tasks SET state = ?, finished_at = ?, exit_code = ?, stdout = ?, \
                          stderr = ?, output_truncated = ?, error = ?, result = ?, \
                          steps = COALESCE(?, steps), started_at = COALESCE(started_at, ?) \
                          WHERE id = ? AND state IN ('RECEIVED', 'PENDING', 'STARTING', 'RUNNING') \
                          RETURNING ",
-                        columns!()
-                    ))
-                    .bind(state.as_str())
-                    .bind(&now)
-                    .bind(outcome.exit_code)
-                    .bind(&outcome.stdout)
-                    .bind(&outcome.stderr)
-                    .bind(outcome.output_truncated)
-                    .bind(&outcome.error)
-                    .bind(result)
-                    .bind(steps)
-                    .bind(&now)
-                    .bind(id.to_string()),
-                )
-                .await?;
-                Ok((
-                    ev.as_ref().map(|e| e.task.clone()),
-                    ev.into_iter().collect(),
+                    columns!()
                 ))
+                .bind(state.as_str())
+                .bind(&now)
+                .bind(outcome.exit_code)
+                .bind(&outcome.stdout)
+                .bind(&outcome.stderr)
+                .bind(outcome.output_truncated)
+                .bind(&outcome.error)
+                .bind(result)
+                .bind(steps)
+                .bind(&now)
+                .bind(id.to_string())
+                .fetch_optional(&mut **tx)
+                .await?;
+                Self::changed(row, *state, now, changes)
             }
         }
     }
 
-    /// The event rows of two or three changes of one task, written by one statement.
+    /// The record of a row an UPDATE … RETURNING changed (none: it was not in a state the
+    /// change starts from), its change noted for its event.
+    fn changed(
+        row: Option<TaskRow>,
+        state: TaskState,
+        at: String,
+        changes: &mut Vec<(TaskRecord, TaskState, String)>,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        let Some(row) = row else { return Ok(None) };
+        let record = TaskRecord::try_from(row)?;
+        changes.push((record.clone(), state, at));
+        Ok(Some(record))
+    }
+
+    /// The event rows of `changes`, written by one statement, in seq order.
     async fn events_in(
         tx: &mut super::Tx<'_>,
-        changes: Vec<(TaskRecord, TaskState)>,
-        at: &str,
+        changes: Vec<(TaskRecord, TaskState, String)>,
     ) -> Result<Vec<crate::events::StateEvent>, StoreError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut summaries = Vec::with_capacity(changes.len());
-        for (task, _) in &changes {
+        for (task, _, _) in &changes {
             summaries.push(
                 serde_json::to_value(crate::events::TaskSummary::from(task)).map_err(|e| {
                     StoreError::Corrupt(format!("summary of task {}: {e}", task.id))
                 })?,
             );
         }
-        let sql = match changes.len() {
-            2 => {
-                "INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?), (?, ?, ?, ?) \
-                  RETURNING seq, state"
-            }
-            3 => {
-                "INSERT INTO events (task_id, state, at, task) VALUES (?, ?, ?, ?), (?, ?, ?, ?), \
-                  (?, ?, ?, ?) RETURNING seq, state"
-            }
-            n => return Err(StoreError::Corrupt(format!("{n} events in one statement"))),
-        };
-        let mut q = sqlx::query_as::<_, (i64, String)>(sql);
-        for ((task, state), summary) in changes.iter().zip(&summaries) {
+        let mut sql = String::from("INSERT INTO events (task_id, state, at, task) VALUES ");
+        sql.push_str(&vec!["(?, ?, ?, ?)"; changes.len()].join(", "));
+        sql.push_str(" RETURNING seq, task_id, state");
+        // Audited: `sql` is fixed text and placeholders; every value is bound.
+        let mut q = sqlx::query_as::<_, (i64, String, String)>(sqlx::AssertSqlSafe(sql));
+        for ((task, state, at), summary) in changes.iter().zip(&summaries) {
             q = q
                 .bind(task.id.to_string())
                 .bind(state.as_str())
-                .bind(at)
+                .bind(at.as_str())
                 .bind(summary.to_string());
         }
-        let rows = q.fetch_all(&mut **tx).await?;
+        let mut rows = q.fetch_all(&mut **tx).await?;
         let mut events = Vec::with_capacity(changes.len());
-        for ((task, state), summary) in changes.into_iter().zip(summaries) {
-            // RETURNING's order is not promised: each row is found by its state.
-            let seq = rows
+        for ((task, state, at), summary) in changes.into_iter().zip(summaries) {
+            // RETURNING's order is not promised: each row is found by its task and state.
+            let id = task.id.to_string();
+            let i = rows
                 .iter()
-                .find(|(_, st)| st == state.as_str())
-                .map(|(seq, _)| *seq)
-                .ok_or_else(|| StoreError::Corrupt(format!("no seq for the {state} event")))?;
+                .position(|(_, t, st)| *t == id && st == state.as_str())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("no seq for the {state} event of {id}"))
+                })?;
+            let (seq, _, _) = rows.swap_remove(i);
             events.push(crate::events::StateEvent {
                 seq,
                 task_id: task.id,
                 state,
-                wire: crate::events::state_wire(seq, task.id, state, at, &summary),
+                wire: crate::events::state_wire(seq, task.id, state, &at, &summary),
                 task,
             });
         }
