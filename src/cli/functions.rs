@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -23,6 +23,7 @@ use super::{print_json, ServerArg};
 use crate::client::{
     Client, ClientError, Function, FunctionName, Invocation, InvokeRequest, LogLine, LogQuery,
 };
+use crate::functions::spec::Runtime;
 use crate::model::TaskId;
 
 /// The file a directory's settings are read from.
@@ -40,44 +41,14 @@ const MAX_TAIL: u32 = 10_000;
 /// How often `ufaas fn logs -f` asks for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
-/// A function's language.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Runtime {
-    Python,
-    Node,
-    Shell,
-}
-
-impl Runtime {
-    pub const ALL: [Runtime; 3] = [Runtime::Python, Runtime::Node, Runtime::Shell];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Runtime::Python => "python",
-            Runtime::Node => "node",
-            Runtime::Shell => "shell",
-        }
-    }
-
-    /// The file the server runs when no `handler` says otherwise.
-    pub fn default_file(self) -> &'static str {
-        match self {
-            Runtime::Python => "fn.py",
-            Runtime::Node => "index.js",
-            Runtime::Shell => "fn.sh",
-        }
-    }
-
-    /// What `ufaas fn init` writes into the default file.
-    fn starter(self) -> &'static str {
-        match self {
-            Runtime::Python => "def main(event):\n    return {\"hello\": \"world\"}\n",
-            Runtime::Node => "module.exports = (context, cb) => cb({hello: \"world\"})\n",
-            Runtime::Shell => {
-                "#!/bin/sh\n# The input is on standard input; what is printed is the output.\n\
-                 echo '{\"hello\": \"world\"}'\n"
-            }
+/// What `ufaas fn init` writes into the runtime's default file.
+fn starter(runtime: Runtime) -> &'static str {
+    match runtime {
+        Runtime::Python => "def main(event):\n    return {\"hello\": \"world\"}\n",
+        Runtime::Node => "module.exports = (context, cb) => cb({hello: \"world\"})\n",
+        Runtime::Shell => {
+            "#!/bin/sh\n# The input is on standard input; what is printed is the output.\n\
+             echo '{\"hello\": \"world\"}'\n"
         }
     }
 }
@@ -543,7 +514,7 @@ pub fn init(
     };
     let settings = format!("{}\n", serde_json::to_string_pretty(&settings)?);
     let executable = runtime == Runtime::Shell;
-    write_new(&code, runtime.starter(), executable)?;
+    write_new(&code, starter(runtime), executable)?;
     if let Err(e) = write_new(&config, &settings, false) {
         let _ = std::fs::remove_file(&code);
         return Err(e);

@@ -712,10 +712,7 @@ impl Functions {
             Ok(Some(t)) => t,
             Ok(None) | Err(_) => match self.store().get(id).await {
                 Ok(Some(t)) => t,
-                _ => TaskRecord {
-                    id,
-                    ..placeholder(d)
-                },
+                _ => placeholder(id, d.full_name(), d.spec.image.clone()),
             },
         };
         Invoked { task, answer }
@@ -950,10 +947,7 @@ impl Functions {
                 .await
                 .ok()
                 .flatten()
-                .unwrap_or(TaskRecord {
-                    id,
-                    ..placeholder_pipeline()
-                }),
+                .unwrap_or_else(|| placeholder(id, PIPELINE.into(), String::new())),
         };
         PipelineRun {
             task,
@@ -1037,39 +1031,14 @@ pub fn content_type_of(body: &[u8]) -> &'static str {
     }
 }
 
-fn placeholder(d: &Deployed) -> TaskRecord {
+/// What a call's answer carries when its record could not be read back (the database
+/// failed after the call was stored): the id, and why.
+fn placeholder(id: TaskId, task_name: String, image: String) -> TaskRecord {
     TaskRecord {
-        id: TaskId::new(),
-        task_name: d.full_name(),
+        id,
+        task_name,
         state: TaskState::Failed,
-        image: d.spec.image.clone(),
-        priority: 0,
-        created_at: crate::model::now_rfc3339(),
-        started_at: None,
-        finished_at: None,
-        exit_code: None,
-        stdout: String::new(),
-        stderr: String::new(),
-        output_truncated: false,
-        error: Some("the record could not be read back".into()),
-        container: None,
-        reused_container_of: None,
-        locality: None,
-        spec: Value::Null,
-        function: None,
-        result: None,
-        steps: None,
-        exec_id: None,
-        output_stored: (0, 0),
-    }
-}
-
-fn placeholder_pipeline() -> TaskRecord {
-    TaskRecord {
-        id: TaskId::new(),
-        task_name: PIPELINE.into(),
-        state: TaskState::Failed,
-        image: String::new(),
+        image,
         priority: 0,
         created_at: crate::model::now_rfc3339(),
         started_at: None,

@@ -76,7 +76,11 @@ pub const MAX_QUEUE: u64 = 100_000;
 /// is a task.
 pub const MAX_TIMEOUT: u64 = 3600;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A function's language (also the CLI's `--runtime` and `ufaas.json`'s `runtime`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Python,
     Node,
