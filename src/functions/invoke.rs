@@ -228,15 +228,12 @@ impl Functions {
             let id = TaskId::new();
             let function = d.full_name();
             let spec = call.to_spec(&function, d.version, None);
-            let insert = self.store().insert_invocation(NewInvocation {
+            let insert = self.store().insert_invocation(d.invocation(
                 id,
-                function: &function,
-                version: Some(d.version),
-                image: &d.spec.image,
-                spec: &spec,
-                running: true,
-                container: Some(&w.container.id),
-            });
+                &function,
+                &spec,
+                Some(&w.container.id),
+            ));
             let (stored, ran) = tokio::join!(insert, self.call_worker(&d, &w, &call));
             if let Err(e) = stored {
                 let todo = d.pool.release(w, ran.healthy);
@@ -287,15 +284,7 @@ impl Functions {
         if let Some(w) = d.pool.try_lease() {
             let stored = self
                 .store()
-                .insert_invocation(NewInvocation {
-                    id,
-                    function: &function,
-                    version: Some(d.version),
-                    image: &d.spec.image,
-                    spec: &spec,
-                    running: true,
-                    container: Some(&w.container.id),
-                })
+                .insert_invocation(d.invocation(id, &function, &spec, Some(&w.container.id)))
                 .await;
             return match stored {
                 Ok(task) => Ok((task, Accepted::Now(w))),
@@ -314,15 +303,7 @@ impl Functions {
         }
         let task = self
             .store()
-            .insert_invocation(NewInvocation {
-                id,
-                function: &function,
-                version: Some(d.version),
-                image: &d.spec.image,
-                spec: &spec,
-                running: false,
-                container: None,
-            })
+            .insert_invocation(d.invocation(id, &function, &spec, None))
             .await
             .map_err(Refusal::Store)?;
         Ok((task, Accepted::Waiting(rx)))
@@ -965,6 +946,28 @@ enum Accepted {
     Now(Lease),
     /// It waits in the queue.
     Waiting(tokio::sync::oneshot::Receiver<Result<Lease, LeaseError>>),
+}
+
+impl Deployed {
+    /// A call of this version to store: RUNNING in `container` when a worker has it, else
+    /// PENDING.
+    fn invocation<'a>(
+        &'a self,
+        id: TaskId,
+        function: &'a str,
+        spec: &'a Value,
+        container: Option<&'a str>,
+    ) -> NewInvocation<'a> {
+        NewInvocation {
+            id,
+            function,
+            version: Some(self.version),
+            image: &self.spec.image,
+            spec,
+            running: container.is_some(),
+            container,
+        }
+    }
 }
 
 /// A pipeline's task and, unless it runs in the background, how it ended.
