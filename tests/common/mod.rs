@@ -29,6 +29,9 @@ pub struct Server {
     pub db: std::path::PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The label of this server's containers, for the clean-up of a test that failed
+    /// before `stop`.
+    instance: String,
     _dir: tempfile::TempDir,
 }
 
@@ -114,13 +117,14 @@ impl Server {
         }));
         let base = format!("http://{addr}");
         let client = Client::new(&base, token).expect("client");
-        let server = Server {
+        let mut server = Server {
             base,
             db,
             http,
             client,
             shutdown: Some(tx),
             handle: Some(handle),
+            instance: String::new(),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -131,6 +135,7 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not come up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        server.instance = instance_of(&server.db).await;
         server
     }
 
@@ -304,6 +309,28 @@ impl Drop for Server {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // A test that panicked never reached `stop`, and its runtime goes down with it: the
+        // server's containers are removed here, so a failing test leaves the engine as it
+        // found it too. (A test that drops a server on purpose keeps them: a restart test
+        // needs them.)
+        if std::thread::panicking() && !self.instance.is_empty() {
+            let listed = std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter"])
+                .arg(format!("label=ufaas.instance={}", self.instance))
+                .output();
+            if let Ok(out) = listed {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = std::process::Command::new("docker")
+                        .args(["rm", "-f"])
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
     }
 }
 
@@ -335,7 +362,8 @@ pub async fn wait_container_gone(id: &str) -> bool {
 }
 
 /// Containers (running or not) labelled with the instance id of the database at `db`.
-pub async fn containers_of(db: &std::path::Path) -> Vec<String> {
+/// The instance id of the database at `db` (the label its server's containers carry).
+pub async fn instance_of(db: &std::path::Path) -> String {
     let url = format!("sqlite://{}?mode=ro", db.display());
     let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
     let instance: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance'")
@@ -343,6 +371,11 @@ pub async fn containers_of(db: &std::path::Path) -> Vec<String> {
         .await
         .expect("instance id");
     pool.close().await;
+    instance
+}
+
+pub async fn containers_of(db: &std::path::Path) -> Vec<String> {
+    let instance = instance_of(db).await;
     let out = std::process::Command::new("docker")
         .args(["ps", "-aq", "--no-trunc", "--filter"])
         .arg(format!("label=ufaas.instance={instance}"))
