@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::docker::LABEL_INSTANCE;
 use crate::error::{ApiError, Code};
 use crate::runner::{ContainerPlan, Runner};
 use crate::store::{NewFunction, Store, StoredFunction};
@@ -579,20 +578,6 @@ impl Functions {
             "last_start_error": d.pool.last_error(),
             "invocations": {"total": total, "by_state": counts},
         })
-    }
-
-    /// Containers of every live function (for the shutdown, which removes every container
-    /// carrying this instance's label anyway).
-    pub fn container_count(&self) -> usize {
-        self.all()
-            .iter()
-            .map(|d| d.pool.container_ids().len())
-            .sum()
-    }
-
-    /// The label that marks this server's containers (for tests).
-    pub fn instance_label(&self) -> &'static str {
-        LABEL_INSTANCE
     }
 }
 

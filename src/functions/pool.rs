@@ -549,17 +549,4 @@ impl Pool {
     pub fn last_error(&self) -> Option<String> {
         self.lock().last_error.clone()
     }
-
-    pub fn is_retired(&self) -> bool {
-        self.lock().retired
-    }
-
-    /// Every container id (at shutdown).
-    pub fn container_ids(&self) -> Vec<String> {
-        self.lock()
-            .containers
-            .iter()
-            .map(|c| c.id.clone())
-            .collect()
-    }
 }
