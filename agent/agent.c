@@ -558,6 +558,12 @@ static void handle_line(unsigned char *line, size_t len) {
 
 /* ---- the loop ---------------------------------------------------------------------- */
 
+/* Sends what a job printed and keeps it for a replay. */
+static void forward(struct job *j, char type, const unsigned char *buf, size_t n) {
+    send_frame(type, j->id, buf, n, NULL, 0);
+    retain(j, type == 'O' ? 0 : 1, buf, n);
+}
+
 /* Reads what is in the pipe now and closes it once it is empty (or broken): for a job that
  * ends with its process. */
 static void pump_nonblocking(struct job *j, int *fd, char type) {
@@ -567,8 +573,7 @@ static void pump_nonblocking(struct job *j, int *fd, char type) {
     for (;;) {
         ssize_t n = read(*fd, buf, sizeof buf);
         if (n > 0) {
-            send_frame(type, j->id, buf, (size_t)n, NULL, 0);
-            retain(j, type == 'O' ? 0 : 1, buf, (size_t)n);
+            forward(j, type, buf, (size_t)n);
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
@@ -602,8 +607,7 @@ static void pump(struct job *j, int *fd, char type) {
     static unsigned char buf[CHUNK];
     ssize_t n = read(*fd, buf, sizeof buf);
     if (n > 0) {
-        send_frame(type, j->id, buf, (size_t)n, NULL, 0);
-        retain(j, type == 'O' ? 0 : 1, buf, (size_t)n);
+        forward(j, type, buf, (size_t)n);
     } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
         close_fd(fd);
         maybe_end(j);

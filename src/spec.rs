@@ -124,7 +124,7 @@ const TOP_FIELDS: &[&str] = &[
     "network",
 ];
 
-fn bad(code: Code, field: &str, message: impl Into<String>) -> ApiError {
+pub(crate) fn bad(code: Code, field: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(code, field, message)
 }
 

@@ -208,9 +208,7 @@ const FIELDS: &[&str] = &[
     "description",
 ];
 
-fn bad(code: Code, field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::bad_request(code, field, message)
-}
+use crate::spec::bad;
 
 /// `s` for a message, cut to 64 characters: a refused name may be of any length.
 fn shown(s: &str) -> String {
