@@ -184,6 +184,42 @@ pub struct ServeConfig {
     /// at the same path.
     #[arg(long, env = "UFAAS_AGENT_UPLOAD")]
     pub agent_upload: bool,
+    /// tinyFaaS's HTTP gateway (`GET|POST /{name}`); `off` to serve none.
+    #[arg(long, env = "UFAAS_GATEWAY_LISTEN", default_value = "127.0.0.1:8000")]
+    pub gateway_listen: Listen,
+    /// tinyFaaS's gRPC endpoint (`tinyfaas.proto`); `off` to serve none.
+    #[arg(long, env = "UFAAS_GRPC_LISTEN", default_value = "127.0.0.1:9000")]
+    pub grpc_listen: Listen,
+    /// tinyFaaS's CoAP endpoint (UDP); `off` to serve none.
+    #[arg(long, env = "UFAAS_COAP_LISTEN", default_value = "127.0.0.1:5683")]
+    pub coap_listen: Listen,
+}
+
+/// The address of an extra listener, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            // tinyFaaS turns an endpoint off with the port -1.
+            "off" | "none" | "-1" => Ok(Listen(None)),
+            addr => addr.parse().map(|a| Listen(Some(a))).map_err(|e| {
+                format!("`{addr}` is not `off` nor an address such as 127.0.0.1:8000: {e}")
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("off"),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -256,6 +292,21 @@ mod tests {
         assert_eq!(c.db, PathBuf::from("./ufaas.db"));
         assert_eq!(c.keep_alive, 300);
         assert!(!c.agent_upload);
+        assert_eq!(c.gateway_listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.grpc_listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.coap_listen.to_string(), "127.0.0.1:5683");
+    }
+
+    #[test]
+    fn an_extra_listener_is_an_address_or_off() {
+        use super::Listen;
+        assert_eq!("off".parse::<Listen>(), Ok(Listen(None)));
+        assert_eq!("-1".parse::<Listen>(), Ok(Listen(None)));
+        assert_eq!(
+            "0.0.0.0:9000".parse::<Listen>().map(|l| l.to_string()),
+            Ok("0.0.0.0:9000".to_string())
+        );
+        assert!("9000".parse::<Listen>().is_err());
     }
 
     #[test]

@@ -60,6 +60,7 @@ codes! {
     InvalidMessage = "invalid_message", 400;
     UnknownOp = "unknown_op", 400;
     InvalidCode = "invalid_code", 400;
+    MissingDependency = "missing_dependency", 400;
     Unauthorized = "unauthorized", 401;
     NetworkNotAllowed = "network_not_allowed", 403;
     BindNotAllowed = "bind_not_allowed", 403;
@@ -71,6 +72,7 @@ codes! {
     LengthRequired = "length_required", 411;
     PayloadTooLarge = "payload_too_large", 413;
     UnsupportedMediaType = "unsupported_media_type", 415;
+    UnsupportedRuntime = "unsupported_runtime", 415;
     StepFailed = "step_failed", 422;
     UpgradeRequired = "upgrade_required", 426;
     QueueFull = "queue_full", 429;

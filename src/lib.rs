@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod compat;
 pub mod config;
 pub mod docker;
 pub mod error;
@@ -31,13 +32,74 @@ use events::Events;
 use runner::Runner;
 use store::Store;
 
+/// Every socket the server answers on: the main HTTP listener, and tinyFaaS's doors (its
+/// HTTP gateway, gRPC and CoAP), each optional.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub gateway: Option<TcpListener>,
+    pub grpc: Option<TcpListener>,
+    pub coap: Option<tokio::net::UdpSocket>,
+}
+
+impl Listeners {
+    /// Only the main listener.
+    pub fn http(http: TcpListener) -> Listeners {
+        Listeners {
+            http,
+            gateway: None,
+            grpc: None,
+            coap: None,
+        }
+    }
+
+    /// Binds every listener `cfg` names; an error names the flag of the address that failed.
+    pub async fn bind(cfg: &ServeConfig) -> anyhow::Result<Listeners> {
+        use anyhow::Context as _;
+        let http = TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("--listen {}", cfg.listen))?;
+        let mut l = Listeners::http(http);
+        if let Some(a) = cfg.gateway_listen.0 {
+            l.gateway = Some(TcpListener::bind(a).await.with_context(|| {
+                format!("--gateway-listen {a} (pass `--gateway-listen off` to serve no gateway)")
+            })?);
+        }
+        if let Some(a) = cfg.grpc_listen.0 {
+            l.grpc = Some(TcpListener::bind(a).await.with_context(|| {
+                format!("--grpc-listen {a} (pass `--grpc-listen off` to serve no gRPC)")
+            })?);
+        }
+        if let Some(a) = cfg.coap_listen.0 {
+            l.coap = Some(tokio::net::UdpSocket::bind(a).await.with_context(|| {
+                format!("--coap-listen {a} (pass `--coap-listen off` to serve no CoAP)")
+            })?);
+        }
+        Ok(l)
+    }
+}
+
 /// Runs the server on `listener` until `shutdown` completes, then ends running tasks and
 /// removes every container it made.
 pub async fn serve(
-    mut cfg: ServeConfig,
+    cfg: ServeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_all(cfg, Listeners::http(listener), shutdown).await
+}
+
+/// [`serve`] on every listener of `listeners`.
+pub async fn serve_all(
+    mut cfg: ServeConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Listeners {
+        http: listener,
+        gateway,
+        grpc,
+        coap,
+    } = listeners;
     // Tokens first: a bad token file, or an exposed address without any, stops the start
     // before anything is opened.
     let tokens = http::auth::Tokens::from_config(&mut cfg)?;
@@ -46,6 +108,16 @@ pub async fn serve(
         tokens.is_some(),
         cfg.insecure_no_auth,
     )?;
+    for addr in [
+        gateway.as_ref().map(|l| l.local_addr()),
+        grpc.as_ref().map(|l| l.local_addr()),
+        coap.as_ref().map(|l| l.local_addr()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        http::auth::check_exposure(addr?, tokens.is_some(), cfg.insecure_no_auth)?;
+    }
     if let Some(t) = &tokens {
         tracing::info!(
             tokens = t.len(),
@@ -73,11 +145,41 @@ pub async fn serve(
     let functions = functions::Functions::new(runner.clone())?;
     functions.start().await?;
     tracing::info!(addr = %listener.local_addr()?, "ufaas listening");
+    // tinyFaaS's doors stop with the rest: cancelled when the shutdown signal comes.
+    let doors = tokio_util::sync::CancellationToken::new();
+    if let Some(l) = gateway {
+        tracing::info!(addr = %l.local_addr()?, "tinyFaaS gateway listening");
+        tokio::spawn(compat::tinyfaas::gateway::serve(
+            l,
+            functions.clone(),
+            tokens.clone(),
+            doors.clone(),
+        ));
+    }
+    if let Some(l) = grpc {
+        tracing::info!(addr = %l.local_addr()?, "tinyFaaS gRPC listening");
+        tokio::spawn(compat::tinyfaas::grpc::serve(
+            l,
+            functions.clone(),
+            tokens.clone(),
+            doors.clone(),
+        ));
+    }
+    if let Some(s) = coap {
+        tracing::info!(addr = %s.local_addr()?, "tinyFaaS CoAP listening");
+        tokio::spawn(compat::tinyfaas::coap::serve(
+            s,
+            functions.clone(),
+            tokens.clone(),
+            doors.clone(),
+        ));
+    }
     // On the signal, the runner stops first so that requests held by `?wait=` are answered
     // and the HTTP server's graceful shutdown does not wait on them.
     let stopping = runner.clone();
     let signal = async move {
         shutdown.await;
+        doors.cancel();
         stopping.begin_shutdown();
     };
     bound_send_buffer(&listener, send_buffer);

@@ -16,10 +16,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(cfg) => {
-            let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+            let listeners = ufaas::Listeners::bind(&cfg).await?;
             // One plain line on stdout with the real address (useful with `--listen …:0`).
-            println!("ufaas listening on http://{}", listener.local_addr()?);
-            ufaas::serve(*cfg, listener, shutdown_signal()).await
+            println!("ufaas listening on http://{}", listeners.http.local_addr()?);
+            ufaas::serve_all(*cfg, listeners, shutdown_signal()).await
         }
         Command::Watch(args) => std::process::exit(ufaas::cli::watch(args).await?),
         Command::Run(args) => std::process::exit(ufaas::cli::run(args).await?),

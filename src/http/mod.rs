@@ -28,7 +28,7 @@ pub mod ws;
 /// Longest `?wait=` honoured, in seconds.
 pub const MAX_WAIT_SECONDS: f64 = 3600.0;
 
-type Query = Vec<(String, String)>;
+pub(crate) type Query = Vec<(String, String)>;
 
 /// Every route, behind the token check when `tokens` is set: the check runs once in front of
 /// the whole chain, so no route can skip it and its 401 wins over any other rejection.
@@ -38,6 +38,7 @@ pub fn routes(
     tokens: Option<auth::Tokens>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let limit = runner.max_body_bytes();
+    let functions_for_compat = functions.clone();
     let functions = functions::routes(functions, limit);
     let with_runner = warp::any().map(move || runner.clone());
     let query = warp::query::<Query>();
@@ -123,6 +124,8 @@ pub fn routes(
         .or(delete)
         .unify()
         .or(functions)
+        .unify()
+        .or(crate::compat::routes(functions_for_compat, limit))
         .unify();
     auth::filter(tokens)
         .and(routes)
@@ -158,7 +161,9 @@ const DRAIN_TIME: Duration = Duration::from_secs(3);
 /// pass it, so an oversize body is never kept (see [`DRAIN_BYTES`] for what is read of it).
 /// A request with no body (no `Content-Length`, no chunks) is an empty body, as HTTP/1.1
 /// says.
-fn body_limited(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+pub(crate) fn body_limited(
+    limit: u64,
+) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::header::headers_cloned().map(|h: header::HeaderMap| {
             h.get(header::EXPECT)
@@ -249,7 +254,7 @@ where
 /// request's future; dropped inside a write transaction, sqlx can hand the connection back
 /// with the transaction still open, and every later write then fails on a locked database.
 /// A spawned task runs to its end whatever the client does.
-async fn detached<T: Send + 'static>(
+pub(crate) async fn detached<T: Send + 'static>(
     fut: impl std::future::Future<Output = Result<T, RunnerError>> + Send + 'static,
 ) -> Result<T, ApiError> {
     match tokio::spawn(fut).await {
@@ -258,26 +263,26 @@ async fn detached<T: Send + 'static>(
     }
 }
 
-fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Response {
+pub(crate) fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
-fn error_reply(e: ApiError) -> Response {
+pub(crate) fn error_reply(e: ApiError) -> Response {
     json_reply(e.status_code(), &e)
 }
 
-fn respond(result: Result<Response, ApiError>) -> Response {
+pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(error_reply)
 }
 
-fn with_location(mut resp: Response, id: TaskId) -> Response {
+pub(crate) fn with_location(mut resp: Response, id: TaskId) -> Response {
     if let Ok(v) = header::HeaderValue::from_str(&format!("/fn/{id}")) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
 }
 
-fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
     TaskId::from_str(raw).map_err(|_| {
         ApiError::bad_request(
             Code::InvalidId,
@@ -287,7 +292,7 @@ fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
     })
 }
 
-fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+pub(crate) fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
             Code::InvalidJson,
@@ -302,14 +307,14 @@ fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     })
 }
 
-fn query_get<'a>(q: &'a Query, key: &str) -> Option<&'a str> {
+pub(crate) fn query_get<'a>(q: &'a Query, key: &str) -> Option<&'a str> {
     q.iter()
         .rev()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
 }
 
-fn query_bool(q: &Query, key: &str) -> Result<bool, ApiError> {
+pub(crate) fn query_bool(q: &Query, key: &str) -> Result<bool, ApiError> {
     match query_get(q, key) {
         None => Ok(false),
         Some("" | "true" | "1" | "yes") => Ok(true),
@@ -322,7 +327,7 @@ fn query_bool(q: &Query, key: &str) -> Result<bool, ApiError> {
     }
 }
 
-fn query_wait(q: &Query) -> Result<Option<Duration>, ApiError> {
+pub(crate) fn query_wait(q: &Query) -> Result<Option<Duration>, ApiError> {
     match query_get(q, "wait") {
         None => Ok(None),
         Some(raw) => match raw.parse::<f64>() {
