@@ -213,10 +213,75 @@ impl Functions {
                 .into());
             }
         }
-        let files = spec::bundle_tar(&parsed, pool::CODE_DIR)
-            .map_err(|e| DeployError::Unavailable(format!("packing the code: {e}")))?;
+        self.install(namespace, name, |_| Ok(parsed)).await
+    }
+
+    /// Backstage Functions' `PUT|DELETE /functions/{ns}/{name}/env/{VAR}`: a new version of
+    /// the function with `var` set to `value` (`None`: removed), deployed as a replace is.
+    /// 404 when there is no such function, or (removing) no such variable.
+    pub async fn set_env(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+        var: &str,
+        value: Option<String>,
+    ) -> Result<Arc<Deployed>, DeployError> {
+        let changed = self
+            .install(namespace, name, |old| {
+                let old = old.ok_or_else(|| {
+                    ApiError::new(Code::NotFound, format!("no function {namespace}/{name}"))
+                        .with_field("name")
+                })?;
+                let mut spec = old.spec.clone();
+                let mut env = match spec.raw.get("env") {
+                    Some(Value::Object(m)) => m.clone(),
+                    _ => serde_json::Map::new(),
+                };
+                match value {
+                    Some(v) => {
+                        env.insert(var.to_string(), Value::String(v));
+                    }
+                    None if env.remove(var).is_none() => {
+                        return Err(ApiError::new(
+                            Code::NotFound,
+                            format!(
+                                "function {namespace}/{name} has no environment variable {var}"
+                            ),
+                        )
+                        .with_field(format!("env.{var}"))
+                        .into());
+                    }
+                    None => {}
+                }
+                // Checked as a body's `env` is: the name's form, no NUL in the value.
+                let body = serde_json::Map::from_iter([("env".to_string(), Value::Object(env))]);
+                spec.env = crate::spec::parse_env(&body)?;
+                if let (Value::Object(raw), Some(env)) = (&mut spec.raw, body.get("env")) {
+                    if spec.env.is_empty() {
+                        raw.remove("env");
+                    } else {
+                        raw.insert("env".into(), env.clone());
+                    }
+                }
+                Ok(spec)
+            })
+            .await?;
+        Ok(changed.0)
+    }
+
+    /// Makes the spec `make` gives (from the live version, if any) the live version of
+    /// `ns/name`: one deploy at a time, so `make` sees the version it replaces.
+    async fn install(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+        make: impl FnOnce(Option<&Arc<Deployed>>) -> Result<FunctionSpec, DeployError>,
+    ) -> Result<(Arc<Deployed>, bool), DeployError> {
         let _one = self.deploying.lock().await;
         let old = self.get(namespace, name);
+        let parsed = make(old.as_ref())?;
+        let files = spec::bundle_tar(&parsed, pool::CODE_DIR)
+            .map_err(|e| DeployError::Unavailable(format!("packing the code: {e}")))?;
         let candidate = Arc::new(Deployed {
             namespace: namespace.to_string(),
             name: name.to_string(),

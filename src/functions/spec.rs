@@ -456,15 +456,12 @@ fn body_object(raw: &Value) -> Result<&Map<String, Value>, ApiError> {
     }
 }
 
-/// `runtime`: required, `python`, `node` or `shell`.
+/// `runtime`: `python`, `node` or `shell`; without one, `node` (Backstage Functions'
+/// clients send only `code` and `env`, and their code is JavaScript).
 fn parse_runtime(obj: &Map<String, Value>) -> Result<Runtime, ApiError> {
-    let name = task::get_str(obj, "runtime", "runtime")?.ok_or_else(|| {
-        bad(
-            Code::MissingField,
-            "runtime",
-            "`runtime` is required: \"python\", \"node\" or \"shell\"",
-        )
-    })?;
+    let Some(name) = task::get_str(obj, "runtime", "runtime")? else {
+        return Ok(Runtime::Node);
+    };
     Runtime::from_name(name).ok_or_else(|| {
         bad(
             Code::InvalidValue,
@@ -1226,7 +1223,8 @@ mod tests {
         assert_eq!(err(json!([1])).code, Code::InvalidType);
         assert_eq!(err(json!("code")).code, Code::InvalidType);
         refused(with("colour", json!("red")), Code::UnknownField, "colour");
-        refused(json!({"code": "x"}), Code::MissingField, "runtime");
+        assert_eq!(ok(json!({"code": "x"})).runtime, Runtime::Node);
+        assert_eq!(ok(json!({"code": "x"})).handler.file, "index.js");
         refused(
             with("runtime", json!("ruby")),
             Code::InvalidValue,

@@ -14,6 +14,7 @@ use warp::Filter;
 use super::{
     detached, error_reply, json_reply, parse_json, query_bool, query_get, with_location, Query,
 };
+use crate::compat::backstage;
 use crate::error::{ApiError, Code};
 use crate::functions::invoke::{Answer, Call, Failure, Invoked, Refusal};
 use crate::functions::{spec, DeployError, Functions};
@@ -51,7 +52,10 @@ pub(super) fn routes(functions: Arc<Functions>, limit: u64) -> BoxedFilter<(Resp
         .and(warp::delete())
         .and(with.clone())
         .then(delete_function);
+    // `/run` is Backstage Functions' name for the same call.
     let invoke = warp::path!("functions" / String / String / "invoke")
+        .or(warp::path!("functions" / String / String / "run"))
+        .unify()
         .and(warp::post().or(warp::put()).unify().or(warp::get()).unify())
         .and(with.clone())
         .and(incoming())
@@ -116,19 +120,26 @@ async fn put_function(ns: String, name: String, f: Arc<Functions>, body: Bytes) 
     let done = tokio::spawn(async move {
         let r = f.deploy(&ns, &name, body).await;
         match r {
-            Ok((d, created)) => Ok((f.view(&d).await, created)),
+            Ok((d, created)) => {
+                let mut view = f.view(&d).await;
+                let etag = backstage::decorate(&mut view, &d);
+                Ok((view, created, etag))
+            }
             Err(e) => Err(e),
         }
     })
     .await;
     match done {
-        Ok(Ok((view, created))) => json_reply(
-            if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            },
-            &view,
+        Ok(Ok((view, created, etag))) => with_etag(
+            json_reply(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                &view,
+            ),
+            &etag,
         ),
         Ok(Err(DeployError::Refused(e))) => error_reply(e),
         Ok(Err(DeployError::Unavailable(why))) => error_reply(ApiError::new(
@@ -139,10 +150,22 @@ async fn put_function(ns: String, name: String, f: Arc<Functions>, body: Bytes) 
     }
 }
 
+/// A function's answer carries its `ETag` (Backstage Functions' clients read it).
+fn with_etag(mut resp: Response, etag: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
 /// GET /functions/{ns}/{name}
 async fn get_function(ns: String, name: String, f: Arc<Functions>) -> Response {
     match f.get(&ns, &name) {
-        Some(d) => json_reply(StatusCode::OK, &f.view(&d).await),
+        Some(d) => {
+            let mut view = f.view(&d).await;
+            let etag = backstage::decorate(&mut view, &d);
+            with_etag(json_reply(StatusCode::OK, &view), &etag)
+        }
         None => error_reply(not_found(&format!("{ns}/{name}"))),
     }
 }
@@ -375,11 +398,15 @@ fn answer_reply(a: Answer, id: TaskId) -> Response {
     resp
 }
 
-/// POST /functions/pipeline: `{"steps": ["ns/a", …], "input": …}`.
+/// POST /functions/pipeline: `{"steps": ["ns/a", …], "input": …}`, or (Backstage Functions)
+/// the steps in the query as `steps[N]` and the input as the body.
 async fn run_pipeline(f: Arc<Functions>, q: Query, headers: HeaderMap, body: Bytes) -> Response {
     let parsed = (|| {
         let run_async = wants_async(&q, &headers)?;
-        let v = parse_json(&body)?;
+        let v = match backstage::pipeline_of_query(&q, &body)? {
+            Some(v) => v,
+            None => parse_json(&body)?,
+        };
         let obj = v.as_object().ok_or_else(|| {
             ApiError::new(Code::InvalidType, "the pipeline must be a JSON object")
         })?;
