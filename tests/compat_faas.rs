@@ -74,6 +74,19 @@ fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
     b.into_inner().expect("tar")
 }
 
+/// A zip of `files` (path, text), deflated.
+fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (path, text) in files {
+        z.start_file(*path, opts).expect("zip entry");
+        z.write_all(text.as_bytes()).expect("zip entry");
+    }
+    z.finish().expect("zip").into_inner()
+}
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -222,15 +235,19 @@ async fn a_node_function_with_vendored_dependencies_sums_its_input() {
         .collect();
     assert!(lines.contains(&"summed 4 numbers"), "{lines:?}");
 
-    // A function that answers text answers it as a string.
-    let tar = tar_of(&[(
-        "index.js",
-        "module.exports = (context, cb) => cb('plain ' + context.n)\n",
-    )]);
+    // A function that answers text answers it as a string. Sent as a zip, deflated, as
+    // the FAAS CLI's `faas build` packs a folder.
+    let zip = zip_of(&[
+        ("fn.yaml", FN_YAML),
+        (
+            "index.js",
+            "module.exports = (context, cb) => cb('plain ' + context.n)\n",
+        ),
+    ]);
     let r = post(
         &s,
-        "/functions/",
-        json!({"name": "text", "file": b64(&tar)}).to_string(),
+        "/functions",
+        json!({"name": "text", "file": b64(&zip)}).to_string(),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
