@@ -35,8 +35,8 @@ pub fn routes(functions: Arc<Functions>, limit: u64) -> BoxedFilter<(Response,)>
     set.or(unset).unify().boxed()
 }
 
-/// The code's text when the function was deployed as `code` (its bundle is the one file the
-/// runtime loads, in UTF-8); `None` for an archive.
+/// The code's text when the function's bundle is the one file the runtime loads, in UTF-8
+/// (deployed as `code`, or as an archive of that file alone); `None` for anything more.
 pub fn code_text(d: &Deployed) -> Option<&str> {
     match d.spec.files.as_slice() {
         [(path, bytes, mode)]
@@ -54,9 +54,10 @@ pub fn sha1_hex(text: &str) -> String {
 }
 
 /// Adds Backstage's fields to `view` (a function as section 5 shows it): `id` (`ns/name`),
-/// `code` and `hash` (the SHA-1 of the code; both `null` for a function deployed as an
-/// archive). Returns the function's `ETag`: the code's hash (SHA-1, else the bundle's SHA-256)
-/// and the version, so it changes with every replace, an env change included.
+/// `code` and `hash` (the SHA-1 of the code; both `null` when the bundle is more than one
+/// file, see [`code_text`]). Returns the function's `ETag`: the code's hash (SHA-1, else
+/// the bundle's SHA-256) and the version, so it changes with every replace, an env change
+/// included.
 pub fn decorate(view: &mut Value, d: &Deployed) -> String {
     let code = code_text(d);
     let hash = code.map(sha1_hex);
@@ -285,6 +286,66 @@ mod tests {
                 Some(Code::InvalidEnvName)
             );
         }
+    }
+
+    fn deployed(body: Value) -> Deployed {
+        let spec =
+            crate::functions::spec::parse(body, &crate::spec::Policy::default(), 1 << 20, 1 << 20)
+                .unwrap_or_else(|e| panic!("refused: {e:?}"));
+        Deployed {
+            namespace: "ns".into(),
+            name: "f".into(),
+            version: 3,
+            pool: crate::functions::pool::Pool::new(crate::functions::pool::Sizes {
+                warm: 0,
+                max_containers: 1,
+                concurrency: 1,
+                max_queue: 1,
+            }),
+            files: Vec::new(),
+            spec,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_function_shows_its_code_hash_and_etag() {
+        let code = "function main(req, res) { res.send(1) }";
+        let d = deployed(json!({"code": code}));
+        let mut view = json!({"name": "f"});
+        let etag = decorate(&mut view, &d);
+        let hash = sha1_hex(code);
+        assert_eq!(
+            view,
+            json!({"name": "f", "id": "ns/f", "code": code, "hash": hash})
+        );
+        assert_eq!(etag, format!("\"{hash}-3\""));
+
+        // An archive has no one code text: no `code`, no `hash`; the ETag is the bundle's.
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(code.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "index.js", code.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tar = tar.into_inner().unwrap_or_else(|e| panic!("{e}"));
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(tar);
+        let mut d = deployed(json!({"archive": b64}));
+        // One file, the handler's: as good as code text.
+        let mut view = json!({});
+        decorate(&mut view, &d);
+        assert_eq!(view["code"], code);
+        d.spec.files.push(("lib.js".into(), b"x".to_vec(), 0o644));
+        let mut view = json!({});
+        let etag = decorate(&mut view, &d);
+        assert_eq!(
+            (view["code"].clone(), view["hash"].clone()),
+            (Value::Null, Value::Null)
+        );
+        assert_eq!(etag, format!("\"{}-3\"", d.spec.code_sha256));
     }
 
     #[test]
