@@ -77,12 +77,44 @@ impl Server {
     }
 
     pub async fn start_on(cfg: ServeConfig, dir: tempfile::TempDir) -> Server {
-        Self::start_client(cfg, dir, reqwest::Client::new(), None).await
+        let listeners = ufaas::Listeners::http(bind_local().await);
+        Self::start_client(cfg, dir, reqwest::Client::new(), None, listeners).await
+    }
+
+    /// Starts a server with tinyFaaS's doors too (its HTTP gateway, gRPC and CoAP), each on
+    /// a port of its own on 127.0.0.1; [`Doors`] says where.
+    pub async fn start_with_doors(tweak: impl FnOnce(&mut ServeConfig)) -> (Server, Doors) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = ServeConfig::defaults();
+        cfg.db = dir.path().join("ufaas.db");
+        tweak(&mut cfg);
+        let (listeners, doors) = with_doors().await;
+        let server = Self::start_client(cfg, dir, reqwest::Client::new(), None, listeners).await;
+        (server, doors)
+    }
+
+    /// [`Server::start_authed`] with tinyFaaS's doors, as [`Server::start_with_doors`].
+    pub async fn start_authed_with_doors(
+        token: &str,
+        tweak: impl FnOnce(&mut ServeConfig),
+    ) -> (Server, Doors) {
+        let (listeners, doors) = with_doors().await;
+        let server = Self::start_authed_on(token, tweak, listeners).await;
+        (server, doors)
     }
 
     /// Starts a server that wants `Authorization: Bearer {token}` (`tweak` may add more
     /// tokens); `http` and the client, and so every helper, send that token.
     pub async fn start_authed(token: &str, tweak: impl FnOnce(&mut ServeConfig)) -> Server {
+        let listeners = ufaas::Listeners::http(bind_local().await);
+        Self::start_authed_on(token, tweak, listeners).await
+    }
+
+    async fn start_authed_on(
+        token: &str,
+        tweak: impl FnOnce(&mut ServeConfig),
+        listeners: ufaas::Listeners,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cfg = ServeConfig::defaults();
         cfg.db = dir.path().join("ufaas.db");
@@ -97,7 +129,7 @@ impl Server {
             .default_headers(headers)
             .build()
             .expect("client");
-        Self::start_client(cfg, dir, http, Some(token.to_string())).await
+        Self::start_client(cfg, dir, http, Some(token.to_string()), listeners).await
     }
 
     async fn start_client(
@@ -105,14 +137,12 @@ impl Server {
         dir: tempfile::TempDir,
         http: reqwest::Client,
         token: Option<String>,
+        listeners: ufaas::Listeners,
     ) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let addr = listeners.http.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
         let db = cfg.db.clone();
-        let handle = tokio::spawn(ufaas::serve(cfg, listener, async move {
+        let handle = tokio::spawn(ufaas::serve_all(cfg, listeners, async move {
             let _ = rx.await;
         }));
         let base = format!("http://{addr}");
@@ -295,6 +325,37 @@ impl Server {
 /// A record as the JSON the server sent (the client's record round-trips it).
 pub fn json_of(t: &Task) -> Value {
     serde_json::to_value(t).expect("a record is JSON")
+}
+
+/// Where tinyFaaS's doors of a server started by [`Server::start_with_doors`] listen.
+pub struct Doors {
+    pub gateway: std::net::SocketAddr,
+    pub grpc: std::net::SocketAddr,
+    pub coap: std::net::SocketAddr,
+}
+
+async fn bind_local() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+}
+
+async fn with_doors() -> (ufaas::Listeners, Doors) {
+    let mut listeners = ufaas::Listeners::http(bind_local().await);
+    let gateway = bind_local().await;
+    let grpc = bind_local().await;
+    let coap = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind udp");
+    let doors = Doors {
+        gateway: gateway.local_addr().expect("addr"),
+        grpc: grpc.local_addr().expect("addr"),
+        coap: coap.local_addr().expect("addr"),
+    };
+    listeners.gateway = Some(gateway);
+    listeners.grpc = Some(grpc);
+    listeners.coap = Some(coap);
+    (listeners, doors)
 }
 
 /// `id` as a task id, failing the test when it is not one.
