@@ -48,8 +48,9 @@ async fn deploy(s: &Server, name: &str, body: Value) {
     );
 }
 
-async fn grpc(doors: &Doors) -> TinyFaaSClient<tonic::transport::Channel> {
-    TinyFaaSClient::connect(format!("http://{}", doors.grpc))
+async fn grpc(s: &Server) -> TinyFaaSClient<tonic::transport::Channel> {
+    let addr = s.grpc.expect("a server with gRPC");
+    TinyFaaSClient::connect(format!("http://{addr}"))
         .await
         .expect("gRPC connect")
 }
@@ -71,7 +72,7 @@ async fn invocations(s: &Server, function: &str) -> i64 {
 
 #[tokio::test]
 async fn grpc_invokes_functions_with_data_and_metadata() {
-    let (s, doors) = Server::start_with_doors(|_| {}).await;
+    let s = Server::start_with_doors(Doors::all(), |_| {}).await;
     deploy(
         &s,
         "default/echo",
@@ -102,7 +103,7 @@ async fn grpc_invokes_functions_with_data_and_metadata() {
         json!({"runtime": "shell", "code": "printf 'team:'; cat\n"}),
     )
     .await;
-    let mut c = grpc(&doors).await;
+    let mut c = grpc(&s).await;
 
     let r = c.request(data("echo", "Hello World!")).await.expect("echo");
     let id = r
@@ -151,7 +152,7 @@ async fn grpc_invokes_functions_with_data_and_metadata() {
 
 #[tokio::test]
 async fn grpc_errors_are_statuses() {
-    let (s, doors) = Server::start_with_doors(|_| {}).await;
+    let s = Server::start_with_doors(Doors::all(), |_| {}).await;
     deploy(
         &s,
         "default/boom",
@@ -170,7 +171,7 @@ async fn grpc_errors_are_statuses() {
         json!({"runtime": "shell", "code": "printf '\\377\\376'\n"}),
     )
     .await;
-    let mut c = grpc(&doors).await;
+    let mut c = grpc(&s).await;
 
     let e = c.request(data("nothere", "x")).await.expect_err("unknown");
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
@@ -199,7 +200,7 @@ async fn grpc_errors_are_statuses() {
     assert!(e.message().contains("UTF-8"), "{e:?}");
 
     // The door stops with the server.
-    let addr = doors.grpc;
+    let addr = s.grpc.expect("a server with gRPC");
     s.stop().await;
     assert!(
         TinyFaaSClient::connect(format!("http://{addr}"))
@@ -211,14 +212,14 @@ async fn grpc_errors_are_statuses() {
 
 #[tokio::test]
 async fn grpc_wants_the_token_when_the_server_has_one() {
-    let (s, doors) = Server::start_authed_with_doors("s3cret-token", |_| {}).await;
+    let s = Server::start_with_doors(Doors::all(), |c| c.token = Some("s3cret-token".into())).await;
     deploy(
         &s,
         "default/headersjs",
         json!({"runtime": "node", "code": HEADERS_JS}),
     )
     .await;
-    let mut c = grpc(&doors).await;
+    let mut c = grpc(&s).await;
 
     let e = c
         .request(data("headersjs", ""))
@@ -335,7 +336,7 @@ fn assert_answer(a: &Packet, code: ResponseType, payload: &str) {
 
 #[tokio::test]
 async fn coap_invokes_functions_and_answers_with_their_codes() {
-    let (s, doors) = Server::start_with_doors(|_| {}).await;
+    let s = Server::start_with_doors(Doors::all(), |_| {}).await;
     deploy(
         &s,
         "default/echo",
@@ -360,7 +361,7 @@ async fn coap_invokes_functions_and_answers_with_their_codes() {
         json!({"runtime": "python", "code": "def fn(input):\n    raise ValueError('no ' + input)\n"}),
     )
     .await;
-    let c = Coap::new(doors.coap).await;
+    let c = Coap::new(s.coap.expect("a server with CoAP")).await;
 
     // CON: the answer is piggybacked on the ACK, same id and token.
     let a = c.call(&con_get(100, &["echo"], b"Hello World!")).await;
@@ -431,14 +432,14 @@ async fn coap_invokes_functions_and_answers_with_their_codes() {
 
 #[tokio::test]
 async fn coap_retransmissions_run_once_and_bad_datagrams_do_not_stop_the_loop() {
-    let (s, doors) = Server::start_with_doors(|_| {}).await;
+    let s = Server::start_with_doors(Doors::all(), |_| {}).await;
     deploy(
         &s,
         "default/slowecho",
         json!({"runtime": "shell", "code": "sleep 1; cat\n"}),
     )
     .await;
-    let c = Coap::new(doors.coap).await;
+    let c = Coap::new(s.coap.expect("a server with CoAP")).await;
 
     // The same CON three times: twice while it runs, once after its answer.
     let p = con_get(7, &["slowecho"], b"once");
@@ -476,7 +477,7 @@ async fn coap_retransmissions_run_once_and_bad_datagrams_do_not_stop_the_loop() 
 
 #[tokio::test]
 async fn coap_sends_large_outputs_in_blocks() {
-    let (s, doors) = Server::start_with_doors(|_| {}).await;
+    let s = Server::start_with_doors(Doors::all(), |_| {}).await;
     deploy(
         &s,
         "default/big",
@@ -484,7 +485,7 @@ async fn coap_sends_large_outputs_in_blocks() {
     )
     .await;
     let want: String = (0..5000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
-    let c = Coap::new(doors.coap).await;
+    let c = Coap::new(s.coap.expect("a server with CoAP")).await;
 
     let first = c.call(&con_get(300, &["big"], b"")).await;
     assert_eq!(
