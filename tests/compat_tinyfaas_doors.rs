@@ -139,6 +139,7 @@ async fn grpc_invokes_functions_with_data_and_metadata() {
             .is_some_and(|u| u.contains("tonic")),
         "{headers}"
     );
+    assert!(headers.get("te").is_none(), "{headers}");
 
     let r = c
         .request(data("echosh", "from shell"))

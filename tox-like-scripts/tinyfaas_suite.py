@@ -25,6 +25,7 @@ import test_all  # noqa: E402  (upstream's module, found on the path just set)
 UFAAS = os.environ["UFAAS_BIN"]
 LOG = os.environ.get("UFAAS_LOG", os.path.join(os.getcwd(), "ufaas.log"))
 START_TIMEOUT = 60.0
+PORT_WAIT = 300.0
 
 _state: dict = {}
 
@@ -43,14 +44,25 @@ def _port_free(port: int, kind: int) -> bool:
 def setUpModule() -> None:
     """Starts ufaas serve where tinyFaaS would listen, and waits until it answers."""
     c = test_all.connection
-    for port, kind in (
+    ports = (
         (c["management_port"], socket.SOCK_STREAM),
         (c["http_port"], socket.SOCK_STREAM),
         (c["grpc_port"], socket.SOCK_STREAM),
         (c["coap_port"], socket.SOCK_DGRAM),
-    ):
-        if not _port_free(int(port), kind):
-            raise RuntimeError(f"port {port} is taken: the suite needs tinyFaaS's ports free")
+    )
+    # upload.sh and wipe-functions.sh name port 8080 themselves, so the ports are fixed; a
+    # test elsewhere on the machine may hold one for a while.
+    deadline = time.monotonic() + PORT_WAIT
+    while True:
+        taken = [p for p, kind in ports if not _port_free(int(p), kind)]
+        if not taken:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ports {taken} are still taken after {PORT_WAIT} s: the suite needs tinyFaaS's ports")
+        if "waited" not in _state:
+            print(f"waiting for ports {taken} to be free", flush=True)
+            _state["waited"] = True
+        time.sleep(0.5)
     tmp = tempfile.mkdtemp(prefix="ufaas-tinyfaas-suite-")
     _state["tmp"] = tmp
     log = open(LOG, "w")

@@ -1,8 +1,9 @@
 //! gRPC with tinyFaaS's `tinyfaas.proto` (`proto/`, compiled by `build.rs`):
 //! `TinyFaaS/Request(Data)` invokes the function `Data.functionIdentifier` with `Data.data` as
 //! its input and answers its output as `Response.response`, as tinyFaaS's own gRPC door does.
-//! The call's metadata reaches the handler as its headers (every ASCII key, `user-agent`
-//! included; `authorization` is checked and never passed on).
+//! The call's metadata reaches the handler as its headers (every ASCII key, `user-agent` and
+//! `content-type` included, but not the transport's `te` and `grpc-*`; `authorization` is
+//! checked and never passed on).
 //!
 //! A failure is a gRPC status (tinyFaaS answers every one as UNKNOWN; these say which):
 //! NOT_FOUND for an unknown function, INVALID_ARGUMENT for an identifier that cannot name one,
@@ -76,9 +77,10 @@ impl TinyFaaS for Door {
             .metadata()
             .iter()
             .filter_map(|kv| match kv {
-                KeyAndValueRef::Ascii(k, v) => {
+                KeyAndValueRef::Ascii(k, v) if !transport_header(k.as_str()) => {
                     Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
                 }
+                KeyAndValueRef::Ascii(..) => None,
                 // `-bin` keys hold bytes, which a header cannot.
                 KeyAndValueRef::Binary(..) => None,
             })
@@ -127,6 +129,13 @@ impl TinyFaaS for Door {
             Ran::Lost(why) => Err(Status::internal(why)),
         }
     }
+}
+
+/// HTTP/2 and gRPC's own headers (`te`, `grpc-timeout`, `grpc-accept-encoding`, …): how the
+/// call travelled, not what the caller sent, so not the handler's (grpc-go keeps them out of
+/// a call's metadata too).
+fn transport_header(key: &str) -> bool {
+    key == "te" || key.starts_with("grpc-")
 }
 
 fn with_task<T>(mut r: Response<T>, id: TaskId) -> Response<T> {
@@ -205,6 +214,21 @@ pub(super) async fn run(
 #[cfg(test)]
 mod tests {
     use super::target;
+
+    #[test]
+    fn transport_headers_are_not_the_handlers() {
+        for k in [
+            "te",
+            "grpc-timeout",
+            "grpc-accept-encoding",
+            "grpc-encoding",
+        ] {
+            assert!(super::transport_header(k), "{k}");
+        }
+        for k in ["user-agent", "content-type", "lab", "tee", "x-grpc-id"] {
+            assert!(!super::transport_header(k), "{k}");
+        }
+    }
 
     #[test]
     fn identifiers_name_default_or_a_namespace() {
