@@ -127,6 +127,9 @@ async fn grpc_invokes_functions_with_data_and_metadata() {
         "lab",
         MetadataValue::from_static("scalable_software_systems_group"),
     );
+    // Binary metadata has no header form: it is left out.
+    req.metadata_mut()
+        .insert_bin("trace-bin", MetadataValue::from_bytes(&[0, 159, 146, 150]));
     let r = c.request(req).await.expect("headers");
     let headers: Value = serde_json::from_str(&r.into_inner().response).expect("JSON headers");
     assert_eq!(
@@ -140,6 +143,7 @@ async fn grpc_invokes_functions_with_data_and_metadata() {
         "{headers}"
     );
     assert!(headers.get("te").is_none(), "{headers}");
+    assert!(headers.get("trace-bin").is_none(), "{headers}");
 
     let r = c
         .request(data("echosh", "from shell"))
@@ -476,31 +480,23 @@ async fn coap_retransmissions_run_once_and_bad_datagrams_do_not_stop_the_loop() 
     s.stop().await;
 }
 
-#[tokio::test]
-async fn coap_sends_large_outputs_in_blocks() {
-    let s = Server::start_with_doors(Doors::all(), |_| {}).await;
-    deploy(
-        &s,
-        "default/big",
-        json!({"runtime": "python", "code": "def fn(input):\n    return ''.join(chr(97 + i % 26) for i in range(5000))\n"}),
-    )
-    .await;
-    let want: String = (0..5000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
-    let c = Coap::new(s.coap.expect("a server with CoAP")).await;
-
-    let first = c.call(&con_get(300, &["big"], b"")).await;
-    assert_eq!(
-        first.header.code,
-        MessageClass::Response(ResponseType::Content)
-    );
-    let mut block: BlockValue = first
-        .get_first_option_as::<BlockValue>(CoapOption::Block2)
-        .expect("a Block2 option")
-        .expect("a valid Block2 option");
+/// The whole output of an answer that may come in Block2 blocks: asks for the blocks after
+/// `first` with `method` (ids from `id`).
+async fn rest_of(
+    c: &Coap,
+    first: Packet,
+    method: RequestType,
+    path: &[&str],
+    mut id: u16,
+) -> Vec<u8> {
     let mut got = first.payload.clone();
-    let mut id = 301;
+    let mut block = match first.get_first_option_as::<BlockValue>(CoapOption::Block2) {
+        None => return got,
+        Some(b) => b.expect("a valid Block2 option"),
+    };
+    let last = id + 100;
     while block.more {
-        let mut p = con_get(id, &["big"], b"");
+        let mut p = request(MessageType::Confirmable, method, id, path, b"");
         let next = BlockValue::new(usize::from(block.num) + 1, false, block.size())
             .expect("a block value");
         p.add_option_as(CoapOption::Block2, next);
@@ -512,10 +508,122 @@ async fn coap_sends_large_outputs_in_blocks() {
             .expect("a valid Block2 option");
         got.extend_from_slice(&a.payload);
         id += 1;
-        assert!(id < 400, "too many blocks");
+        assert!(id < last, "too many blocks");
     }
+    got
+}
+
+#[tokio::test]
+async fn coap_moves_large_inputs_and_outputs_in_blocks() {
+    let s = Server::start_with_doors(Doors::all(), |_| {}).await;
+    deploy(
+        &s,
+        "default/big",
+        json!({"runtime": "python", "code": "def fn(input):\n    return ''.join(chr(97 + i % 26) for i in range(5000))\n"}),
+    )
+    .await;
+    deploy(
+        &s,
+        "default/echosh",
+        json!({"runtime": "shell", "code": "cat\n"}),
+    )
+    .await;
+    let want: String = (0..5000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let c = Coap::new(s.coap.expect("a server with CoAP")).await;
+
+    // An output of 5000 bytes: Block2.
+    let first = c.call(&con_get(300, &["big"], b"")).await;
+    assert_eq!(
+        first.header.code,
+        MessageClass::Response(ResponseType::Content)
+    );
+    assert!(
+        first.get_option(CoapOption::Block2).is_some(),
+        "not in blocks"
+    );
+    let got = rest_of(&c, first, RequestType::Get, &["big"], 301).await;
     assert_eq!(String::from_utf8_lossy(&got), want);
     // One invocation for all its blocks.
     assert_eq!(invocations(&s, "default/big").await, 1);
+
+    // An input of 3000 bytes in Block1 blocks of 1024; its echo comes back in Block2.
+    let input: Vec<u8> = (0..3000).map(|i| b'0' + (i % 10) as u8).collect();
+    let mut answer = None;
+    for (num, chunk) in input.chunks(1024).enumerate() {
+        let more = (num + 1) * 1024 < input.len();
+        let mut p = request(
+            MessageType::Confirmable,
+            RequestType::Post,
+            400 + num as u16,
+            &["echosh"],
+            chunk,
+        );
+        p.add_option_as(
+            CoapOption::Block1,
+            BlockValue::new(num, more, 1024).expect("a block value"),
+        );
+        let a = c.call(&p).await;
+        if more {
+            assert_eq!(
+                a.header.code,
+                MessageClass::Response(ResponseType::Continue),
+                "block {num}"
+            );
+        } else {
+            answer = Some(a);
+        }
+    }
+    let last = answer.expect("the answer to the last block");
+    assert_eq!(
+        last.header.code,
+        MessageClass::Response(ResponseType::Content)
+    );
+    let got = rest_of(&c, last, RequestType::Post, &["echosh"], 410).await;
+    assert_eq!(got, input);
+    assert_eq!(invocations(&s, "default/echosh").await, 1);
+
+    // A Block1 transfer that would pass 1 MiB is refused at once.
+    let mut p = request(
+        MessageType::Confirmable,
+        RequestType::Post,
+        500,
+        &["echosh"],
+        &[b'x'; 1024],
+    );
+    p.add_option_as(
+        CoapOption::Block1,
+        BlockValue::new(1024, true, 1024).expect("a block value"),
+    );
+    let a = c.call(&p).await;
+    assert_eq!(
+        a.header.code,
+        MessageClass::Response(ResponseType::RequestEntityTooLarge)
+    );
+    assert_eq!(invocations(&s, "default/echosh").await, 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn coap_runs_each_call_on_its_own_task() {
+    let s = Server::start_with_doors(Doors::all(), |_| {}).await;
+    deploy(
+        &s,
+        "default/slow",
+        json!({"runtime": "shell", "code": "sleep 5; echo slow\n"}),
+    )
+    .await;
+    deploy(
+        &s,
+        "default/fast",
+        json!({"runtime": "shell", "code": "echo fast\n"}),
+    )
+    .await;
+    let c = Coap::new(s.coap.expect("a server with CoAP")).await;
+    c.send(&con_get(1, &["slow"], b"")).await;
+    c.send(&con_get(2, &["fast"], b"")).await;
+    let first = c.recv(60).await.expect("an answer");
+    assert_answer(&first, ResponseType::Content, "fast\n");
+    let second = c.recv(60).await.expect("an answer");
+    assert_answer(&second, ResponseType::Content, "slow\n");
     s.stop().await;
 }
