@@ -57,6 +57,17 @@ pub async fn serve(
     tokens: Option<Tokens>,
     stop: CancellationToken,
 ) {
+    if tokens.is_some() {
+        let local = socket
+            .local_addr()
+            .map(|a| a.ip().to_canonical().is_loopback());
+        if !matches!(local, Ok(true)) {
+            tracing::warn!(
+                "tokens are configured and CoAP cannot carry one: the CoAP door answers \
+                 loopback peers only (4.01 Unauthorized to every other)"
+            );
+        }
+    }
     let door = Arc::new(Door {
         socket,
         functions,
