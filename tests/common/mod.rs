@@ -33,6 +33,34 @@ pub struct Server {
     /// before `stop`.
     instance: String,
     _dir: tempfile::TempDir,
+    /// tinyFaaS's doors this server serves ([`Server::start_with_doors`]), where they listen.
+    pub gateway: Option<std::net::SocketAddr>,
+    pub grpc: Option<std::net::SocketAddr>,
+    pub coap: Option<std::net::SocketAddr>,
+}
+
+/// Which listeners a server has besides its main one ([`Server::start_with_doors`]): each
+/// door asked for is bound on 127.0.0.1, port 0.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Doors {
+    /// The main listener's address; 127.0.0.1:0 when `None`. A fixed one that is taken
+    /// fails the test, naming it.
+    pub http: Option<std::net::SocketAddr>,
+    pub gateway: bool,
+    pub grpc: bool,
+    pub coap: bool,
+}
+
+impl Doors {
+    /// Every door: the gateway, gRPC and CoAP.
+    pub fn all() -> Doors {
+        Doors {
+            http: None,
+            gateway: true,
+            grpc: true,
+            coap: true,
+        }
+    }
 }
 
 pub struct Reply {
@@ -77,7 +105,46 @@ impl Server {
     }
 
     pub async fn start_on(cfg: ServeConfig, dir: tempfile::TempDir) -> Server {
-        Self::start_client(cfg, dir, reqwest::Client::new(), None).await
+        let listeners = ufaas::Listeners::http(bind_local().await);
+        Self::start_client(cfg, dir, reqwest::Client::new(), None, listeners).await
+    }
+
+    /// Starts a server that also serves the `doors` asked for (`ufaas::serve_all`); their
+    /// addresses are in [`Server::gateway`], [`Server::grpc`] and [`Server::coap`].
+    pub async fn start_with_doors(doors: Doors, tweak: impl FnOnce(&mut ServeConfig)) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = ServeConfig::defaults();
+        cfg.db = dir.path().join("ufaas.db");
+        tweak(&mut cfg);
+        let http = match doors.http {
+            None => bind_local().await,
+            Some(addr) => tokio::net::TcpListener::bind(addr)
+                .await
+                .unwrap_or_else(|e| panic!("cannot listen on {addr}, which this test needs: {e}")),
+        };
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut listeners = ufaas::Listeners::http(http);
+        if doors.gateway {
+            listeners.gateway = Some(bind_local().await);
+        }
+        if doors.grpc {
+            listeners.grpc = Some(bind_local().await);
+        }
+        if doors.coap {
+            listeners.coap = Some(tokio::net::UdpSocket::bind(local).await.expect("bind udp"));
+        }
+        // A token set by `tweak` is sent by `http` and the client, as start_authed does.
+        let token = cfg.token.clone();
+        let http = match &token {
+            None => reqwest::Client::new(),
+            Some(t) => authed_client(t),
+        };
+        Self::start_client(cfg, dir, http, token, listeners).await
+    }
+
+    /// `http://GATEWAY{path}`.
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.expect("a server with a gateway"))
     }
 
     /// Starts a server that wants `Authorization: Bearer {token}` (`tweak` may add more
@@ -88,16 +155,9 @@ impl Server {
         cfg.db = dir.path().join("ufaas.db");
         cfg.token = Some(token.to_string());
         tweak(&mut cfg);
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {token}").parse().expect("header value"),
-        );
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .expect("client");
-        Self::start_client(cfg, dir, http, Some(token.to_string())).await
+        let http = authed_client(token);
+        let listeners = ufaas::Listeners::http(bind_local().await);
+        Self::start_client(cfg, dir, http, Some(token.to_string()), listeners).await
     }
 
     async fn start_client(
@@ -105,14 +165,15 @@ impl Server {
         dir: tempfile::TempDir,
         http: reqwest::Client,
         token: Option<String>,
+        listeners: ufaas::Listeners,
     ) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let addr = listeners.http.local_addr().expect("addr");
+        let gateway = listeners.gateway.as_ref().map(|l| l.local_addr().expect("addr"));
+        let grpc = listeners.grpc.as_ref().map(|l| l.local_addr().expect("addr"));
+        let coap = listeners.coap.as_ref().map(|l| l.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let db = cfg.db.clone();
-        let handle = tokio::spawn(ufaas::serve(cfg, listener, async move {
+        let handle = tokio::spawn(ufaas::serve_all(cfg, listeners, async move {
             let _ = rx.await;
         }));
         let base = format!("http://{addr}");
@@ -126,6 +187,9 @@ impl Server {
             handle: Some(handle),
             instance: String::new(),
             _dir: dir,
+            gateway,
+            grpc,
+            coap,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -293,6 +357,26 @@ impl Server {
 }
 
 /// A record as the JSON the server sent (the client's record round-trips it).
+/// A client that sends `Authorization: Bearer {token}`.
+fn authed_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// A listener on 127.0.0.1, port 0.
+async fn bind_local() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+}
+
 pub fn json_of(t: &Task) -> Value {
     serde_json::to_value(t).expect("a record is JSON")
 }
