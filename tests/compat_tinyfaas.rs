@@ -8,8 +8,8 @@ mod common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
+use tokio::process::Command;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -22,12 +22,14 @@ fn seeds() -> PathBuf {
 }
 
 /// Runs one of tinyFaaS's scripts as its test_all.py does (from the scripts folder) and
-/// returns what it printed; a script that fails fails the test.
-fn script(name: &str, args: &[&str]) -> String {
+/// returns what it printed; a script that fails fails the test. Asynchronously: the server
+/// it talks to runs on this test's runtime.
+async fn script(name: &str, args: &[&str]) -> String {
     let out = Command::new(format!("./{name}"))
         .args(args)
         .current_dir(seeds().join("scripts"))
         .output()
+        .await
         .unwrap_or_else(|e| panic!("running {name}: {e}"));
     assert!(
         out.status.success(),
@@ -198,7 +200,7 @@ async fn tinyfaas_scripts_and_examples_run_unchanged() {
         ("show-headers", "headers", "python3"),
     ];
     for (folder, name, env) in examples {
-        let out = script("upload.sh", &[&format!("{fns}/{folder}"), name, env, "1"]);
+        let out = script("upload.sh", &[&format!("{fns}/{folder}"), name, env, "1"]).await;
         assert!(
             out.lines().any(|l| l == format!("http://{gw}/{name}")),
             "upload.sh of {name} printed {out:?}"
@@ -220,7 +222,7 @@ async fn tinyfaas_scripts_and_examples_run_unchanged() {
     .await;
     assert_eq!(r.status, 202, "{}", r.text);
     let async_id = r.header("x-ufaas-task-id").to_string();
-    assert_eq!(s.wait_ended(&async_id).await["state"], "SUCCEEDED");
+    assert_eq!(s.wait_ended(&async_id).await["state"], "FINISHED");
 
     // TestEcho, TestEchoJS, TestBinary: the payload comes back as it is.
     for name in ["echo", "echojs", "echobinary"] {
@@ -233,18 +235,28 @@ async fn tinyfaas_scripts_and_examples_run_unchanged() {
     assert_eq!(r.status, 200, "{}", r.text);
     let h = r.json();
     assert_eq!(h["lab"], "scalable_software_systems_group", "{h}");
-    assert!(h["user-agent"].as_str().is_some_and(|ua| ua.contains(UA)), "{h}");
+    assert!(
+        h["user-agent"].as_str().is_some_and(|ua| ua.contains(UA)),
+        "{h}"
+    );
 
     // TestShowHeaders: python's fn(input, headers) sees them as Go writes them.
     let r = raw(call("headers").header("Lab", "scalable_software_systems_group")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let h = r.json();
     assert_eq!(h["Lab"], "scalable_software_systems_group", "{h}");
-    assert!(h["User-Agent"].as_str().is_some_and(|ua| ua.contains(UA)), "{h}");
+    assert!(
+        h["User-Agent"].as_str().is_some_and(|ua| ua.contains(UA)),
+        "{h}"
+    );
     assert!(h.get("lab").is_none(), "{h}");
 
     // list.sh: one name a line.
-    let mut listed: Vec<String> = script("list.sh", &[]).lines().map(str::to_string).collect();
+    let mut listed: Vec<String> = script("list.sh", &[])
+        .await
+        .lines()
+        .map(str::to_string)
+        .collect();
     listed.sort();
     let mut names: Vec<String> = examples.iter().map(|e| e.1.to_string()).collect();
     names.sort();
@@ -252,7 +264,7 @@ async fn tinyfaas_scripts_and_examples_run_unchanged() {
 
     // logs.sh: what the functions printed (sieve's console.log, echo-js's body).
     eventually(20, "the functions' logs", || async {
-        let logs = script("logs.sh", &[]);
+        let logs = script("logs.sh", &[]).await;
         logs.contains("Found 1229 primes under 10000") && logs.contains("Hello World!")
     })
     .await;
@@ -268,7 +280,8 @@ async fn tinyfaas_scripts_and_examples_run_unchanged() {
             "nodejs",
             "1",
         ],
-    );
+    )
+    .await;
     assert!(
         out.contains(&format!("http://{gw}/sieveurl")),
         "uploadURL.sh printed {out:?}"
@@ -280,14 +293,17 @@ async fn tinyfaas_scripts_and_examples_run_unchanged() {
     );
 
     // delete.sh: gone from the list and the gateway.
-    script("delete.sh", &["sieveurl"]);
-    assert!(!script("list.sh", &[]).lines().any(|l| l == "sieveurl"));
+    script("delete.sh", &["sieveurl"]).await;
+    assert!(!script("list.sh", &[])
+        .await
+        .lines()
+        .any(|l| l == "sieveurl"));
     let r = raw(http.get(format!("http://{gw}/sieveurl"))).await;
     r.assert_error(404, "not_found", None);
 
     // wipe-functions.sh: nothing left in default.
-    script("wipe-functions.sh", &[]);
-    assert_eq!(script("list.sh", &[]), "");
+    script("wipe-functions.sh", &[]).await;
+    assert_eq!(script("list.sh", &[]).await, "");
     let r = s.get("/functions?namespace=default").await;
     assert_eq!(r.body["functions"], json!([]), "{}", r.body);
     s.stop().await;
@@ -321,13 +337,20 @@ async fn an_upload_is_an_ordinary_function_and_the_gateway_answers_like_tinyfaas
     // Section 5 sees it: in default, `threads` as `warm`.
     let r = s.get("/functions/default/greet").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!((r.body["runtime"].as_str(), r.body["warm"].as_u64()), (Some("python"), Some(2)));
+    assert_eq!(
+        (r.body["runtime"].as_str(), r.body["warm"].as_u64()),
+        (Some("python"), Some(2))
+    );
     assert_eq!(r.body["env"]["GREETING"], "hello");
     let r = s.get("/functions").await;
-    assert!(r.body["functions"]
-        .as_array()
-        .is_some_and(|f| f.iter().any(|f| f["namespace"] == "default" && f["name"] == "greet")));
-    let r = raw(s.http.post(s.url("/functions/default/greet/invoke")).body("ana")).await;
+    assert!(r.body["functions"].as_array().is_some_and(|f| f
+        .iter()
+        .any(|f| f["namespace"] == "default" && f["name"] == "greet")));
+    let r = raw(s
+        .http
+        .post(s.url("/functions/default/greet/invoke"))
+        .body("ana"))
+    .await;
     assert_eq!((r.status, r.text.as_str()), (200, "hello, ana"));
 
     // The gateway: the output as it is, a task record behind it.
@@ -335,7 +358,7 @@ async fn an_upload_is_an_ordinary_function_and_the_gateway_answers_like_tinyfaas
     assert_eq!((r.status, r.text.as_str()), (200, "hello, bob"));
     let id = r.header("x-ufaas-task-id").to_string();
     let t = s.wait_ended(&id).await;
-    assert_eq!(t["state"], "SUCCEEDED", "{t}");
+    assert_eq!(t["state"], "FINISHED", "{t}");
     assert_eq!(t["function"]["namespace"], "default", "{t}");
     assert_eq!(t["function"]["name"], "greet", "{t}");
     // No body: the handler gets None.
@@ -371,7 +394,11 @@ async fn an_upload_is_an_ordinary_function_and_the_gateway_answers_like_tinyfaas
     assert_eq!((r.status, r.text.as_str()), (202, ""));
     let later = r.header("x-ufaas-task-id").to_string();
     let t = s.wait_ended(&later).await;
-    assert_eq!((t["state"].as_str(), t["result"]["body"].as_str()), (Some("SUCCEEDED"), Some("hello, later")), "{t}");
+    assert_eq!(
+        (t["state"].as_str(), t["result"]["body"].as_str()),
+        (Some("FINISHED"), Some("hello, later")),
+        "{t}"
+    );
     let r = raw(s
         .http
         .post(s.gateway_url("/greet"))
@@ -379,7 +406,11 @@ async fn an_upload_is_an_ordinary_function_and_the_gateway_answers_like_tinyfaas
         .body("now"))
     .await;
     assert_eq!((r.status, r.text.as_str()), (200, "hello, now"));
-    let r = raw(s.http.post(s.gateway_url("/nope")).header("X-tinyFaaS-Async", "1")).await;
+    let r = raw(s
+        .http
+        .post(s.gateway_url("/nope"))
+        .header("X-tinyFaaS-Async", "1"))
+    .await;
     r.assert_error(404, "not_found", None);
 
     // Logs: section 5's route and tinyFaaS's /logs?name=.
@@ -457,7 +488,10 @@ async fn zips_folders_main_vendored_dependencies_and_wipe() {
 
     let zip = zip_of(&[
         ("bin/", b""),
-        ("bin/fn.sh", b"#!/bin/sh\necho \"got $(cat) as $GREETING\"\n"),
+        (
+            "bin/fn.sh",
+            b"#!/bin/sh\necho \"got $(cat) as $GREETING\"\n",
+        ),
     ]);
     let r = raw(s.http.post(s.url("/upload")).body(
         json!({"name": "sh", "env": "binary", "threads": 0, "zip": b64(&zip), "envs": ["GREETING=me"]}).to_string(),
@@ -481,7 +515,10 @@ async fn zips_folders_main_vendored_dependencies_and_wipe() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(raw(s.http.get(s.url("/list"))).await.text, "");
     let r = s.get("/functions").await;
-    let left: Vec<&Value> = r.body["functions"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let left: Vec<&Value> = r.body["functions"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     assert_eq!(left.len(), 1, "{}", r.body);
     assert_eq!(left[0]["namespace"], "other");
     s.stop().await;
@@ -518,24 +555,84 @@ async fn bad_management_requests_are_refused() {
         ("not json".into(), 400, "invalid_json", None),
         ("".into(), 400, "invalid_json", None),
         ("[1]".into(), 400, "invalid_type", None),
-        (upload(json!({"name": "<absent>"})), 400, "missing_field", Some("name")),
-        (upload(json!({"name": 7})), 400, "invalid_type", Some("name")),
-        (upload(json!({"name": "No Spaces"})), 400, "invalid_value", Some("name")),
-        (upload(json!({"env": "<absent>"})), 400, "missing_field", Some("env")),
-        (upload(json!({"env": "ruby"})), 400, "invalid_value", Some("env")),
+        (
+            upload(json!({"name": "<absent>"})),
+            400,
+            "missing_field",
+            Some("name"),
+        ),
+        (
+            upload(json!({"name": 7})),
+            400,
+            "invalid_type",
+            Some("name"),
+        ),
+        (
+            upload(json!({"name": "No Spaces"})),
+            400,
+            "invalid_value",
+            Some("name"),
+        ),
+        (
+            upload(json!({"env": "<absent>"})),
+            400,
+            "missing_field",
+            Some("env"),
+        ),
+        (
+            upload(json!({"env": "ruby"})),
+            400,
+            "invalid_value",
+            Some("env"),
+        ),
         (
             upload(json!({"env": "go", "zip": b64(&zip_dir(&go, ""))})),
             415,
             "unsupported_runtime",
             Some("env"),
         ),
-        (upload(json!({"threads": -1})), 400, "invalid_value", Some("threads")),
-        (upload(json!({"threads": 1.5})), 400, "invalid_value", Some("threads")),
-        (upload(json!({"threads": "1"})), 400, "invalid_type", Some("threads")),
-        (upload(json!({"threads": 1000})), 400, "invalid_value", Some("threads")),
-        (upload(json!({"zip": "<absent>"})), 400, "missing_field", Some("zip")),
-        (upload(json!({"zip": "not base64!"})), 400, "invalid_base64", Some("zip")),
-        (upload(json!({"zip": b64(b"not a zip at all")})), 400, "invalid_archive", Some("zip")),
+        (
+            upload(json!({"threads": -1})),
+            400,
+            "invalid_value",
+            Some("threads"),
+        ),
+        (
+            upload(json!({"threads": 1.5})),
+            400,
+            "invalid_value",
+            Some("threads"),
+        ),
+        (
+            upload(json!({"threads": "1"})),
+            400,
+            "invalid_type",
+            Some("threads"),
+        ),
+        (
+            upload(json!({"threads": 1000})),
+            400,
+            "invalid_value",
+            Some("threads"),
+        ),
+        (
+            upload(json!({"zip": "<absent>"})),
+            400,
+            "missing_field",
+            Some("zip"),
+        ),
+        (
+            upload(json!({"zip": "not base64!"})),
+            400,
+            "invalid_base64",
+            Some("zip"),
+        ),
+        (
+            upload(json!({"zip": b64(b"not a zip at all")})),
+            400,
+            "invalid_archive",
+            Some("zip"),
+        ),
         (
             upload(json!({"zip": b64(&zip_of(&[("main.py", b"x")]))})),
             400,
@@ -549,27 +646,53 @@ async fn bad_management_requests_are_refused() {
             Some("zip"),
         ),
         (
-            upload(json!({"zip": b64(&zip_of(&[("fn.py", b"import requests\ndef fn(i): return i\n"), ("requirements.txt", b"requests==2.31\n")]))})),
+            upload(
+                json!({"zip": b64(&zip_of(&[("fn.py", b"import requests\ndef fn(i): return i\n"), ("requirements.txt", b"requests==2.31\n")]))}),
+            ),
             400,
             "missing_dependency",
             Some("zip"),
         ),
         (
-            upload(json!({"env": "nodejs", "zip": b64(&zip_of(&[("index.js", b"module.exports = (q, s) => s.send('x');\n"), ("package.json", br#"{"name": "fn", "main": "index.js", "dependencies": {"express": "^4"}}"#)]))})),
+            upload(
+                json!({"env": "nodejs", "zip": b64(&zip_of(&[("index.js", b"module.exports = (q, s) => s.send('x');\n"), ("package.json", br#"{"name": "fn", "main": "index.js", "dependencies": {"express": "^4"}}"#)]))}),
+            ),
             400,
             "missing_dependency",
             Some("zip"),
         ),
         (
-            upload(json!({"env": "nodejs", "zip": b64(&zip_of(&[("index.js", b""), ("package.json", b"{oops")]))})),
+            upload(
+                json!({"env": "nodejs", "zip": b64(&zip_of(&[("index.js", b""), ("package.json", b"{oops")]))}),
+            ),
             400,
             "invalid_value",
             Some("zip"),
         ),
-        (upload(json!({"envs": "A=1"})), 400, "invalid_type", Some("envs")),
-        (upload(json!({"envs": ["A"]})), 400, "invalid_value", Some("envs[0]")),
-        (upload(json!({"envs": ["A=1", "=2"]})), 400, "invalid_env_name", Some("envs[1]")),
-        (upload(json!({"zipp": "x"})), 400, "unknown_field", Some("zipp")),
+        (
+            upload(json!({"envs": "A=1"})),
+            400,
+            "invalid_type",
+            Some("envs"),
+        ),
+        (
+            upload(json!({"envs": ["A"]})),
+            400,
+            "invalid_value",
+            Some("envs[0]"),
+        ),
+        (
+            upload(json!({"envs": ["A=1", "=2"]})),
+            400,
+            "invalid_env_name",
+            Some("envs[1]"),
+        ),
+        (
+            upload(json!({"zipp": "x"})),
+            400,
+            "unknown_field",
+            Some("zipp"),
+        ),
     ];
     for (body, status, code, field) in &cases {
         let r = raw(s.http.post(s.url("/upload")).body(body.clone())).await;
@@ -578,24 +701,63 @@ async fn bad_management_requests_are_refused() {
         r.assert_error(*status, code, *field);
     }
     let e = raw(s.http.post(s.url("/upload")).body(cases[18].0.clone())).await;
-    assert!(e.text.contains("requests") && e.text.contains("requirements.txt"), "{}", e.text);
+    assert!(
+        e.text.contains("requests") && e.text.contains("requirements.txt"),
+        "{}",
+        e.text
+    );
     let e = raw(s.http.post(s.url("/upload")).body(cases[19].0.clone())).await;
-    assert!(e.text.contains("express") && e.text.contains("package.json"), "{}", e.text);
+    assert!(
+        e.text.contains("express") && e.text.contains("package.json"),
+        "{}",
+        e.text
+    );
 
     // /uploadURL: the URL, its fetch and the folder.
     let (addr, _served) = serve_bytes(zip_of(&[("d/fn.py", b"def fn(i):\n    return i\n")])).await;
     let url_body = |url: &str, sub: Value| {
-        json!({"name": "u", "env": "python3", "threads": 1, "url": url, "subfolder_path": sub}).to_string()
+        json!({"name": "u", "env": "python3", "threads": 1, "url": url, "subfolder_path": sub})
+            .to_string()
     };
     for (body, status, code, field) in [
-        (json!({"name": "u", "env": "python3"}).to_string(), 400, "missing_field", "url"),
+        (
+            json!({"name": "u", "env": "python3"}).to_string(),
+            400,
+            "missing_field",
+            "url",
+        ),
         (url_body("not a url", json!("/")), 400, "invalid_uri", "url"),
-        (url_body("ftp://example.com/x.zip", json!("/")), 400, "invalid_uri", "url"),
+        (
+            url_body("ftp://example.com/x.zip", json!("/")),
+            400,
+            "invalid_uri",
+            "url",
+        ),
         // Loopback is refused unless --allow-fetch lists it (this server's does not).
-        (url_body(&format!("http://{addr}/x.zip"), json!("d")), 403, "uri_not_allowed", "url"),
-        (url_body("http://x", json!(["d"])), 400, "invalid_type", "subfolder_path"),
-        (url_body("http://x", json!("../d")), 400, "invalid_value", "subfolder_path"),
-        (json!({"name": "u", "env": "python3", "zip": py, "url": "http://x"}).to_string(), 400, "unknown_field", "zip"),
+        (
+            url_body(&format!("http://{addr}/x.zip"), json!("d")),
+            403,
+            "uri_not_allowed",
+            "url",
+        ),
+        (
+            url_body("http://x", json!(["d"])),
+            400,
+            "invalid_type",
+            "subfolder_path",
+        ),
+        (
+            url_body("http://x", json!("../d")),
+            400,
+            "invalid_value",
+            "subfolder_path",
+        ),
+        (
+            json!({"name": "u", "env": "python3", "zip": py, "url": "http://x"}).to_string(),
+            400,
+            "unknown_field",
+            "zip",
+        ),
     ] {
         let r = raw(s.http.post(s.url("/uploadURL")).body(body.clone())).await;
         r.assert_error(status, code, Some(field));
@@ -606,9 +768,19 @@ async fn bad_management_requests_are_refused() {
         ("nope", 400, "invalid_json", None),
         ("{}", 400, "missing_field", Some("name")),
         (r#"{"name": 3}"#, 400, "invalid_type", Some("name")),
-        (r#"{"name": "Bad Name"}"#, 400, "invalid_value", Some("name")),
+        (
+            r#"{"name": "Bad Name"}"#,
+            400,
+            "invalid_value",
+            Some("name"),
+        ),
         (r#"{"name": "absent"}"#, 404, "not_found", Some("name")),
-        (r#"{"name": "absent", "x": 1}"#, 400, "unknown_field", Some("x")),
+        (
+            r#"{"name": "absent", "x": 1}"#,
+            400,
+            "unknown_field",
+            Some("x"),
+        ),
     ] {
         let r = raw(s.http.post(s.url("/delete")).body(body)).await;
         r.assert_error(status, code, field);
@@ -642,24 +814,45 @@ async fn upload_url_refuses_a_missing_folder_and_a_failed_fetch() {
     .await;
     let (addr, _served) = serve_bytes(zip_of(&[("d/fn.py", b"def fn(i):\n    return i\n")])).await;
     let body = |url: String, sub: &str| {
-        json!({"name": "u", "env": "python3", "threads": 0, "url": url, "subfolder_path": sub}).to_string()
+        json!({"name": "u", "env": "python3", "threads": 0, "url": url, "subfolder_path": sub})
+            .to_string()
     };
-    let r = raw(s.http.post(s.url("/uploadURL")).body(body(format!("http://{addr}/z.zip"), "e"))).await;
+    let r = raw(s
+        .http
+        .post(s.url("/uploadURL"))
+        .body(body(format!("http://{addr}/z.zip"), "e")))
+    .await;
     r.assert_error(400, "invalid_value", Some("subfolder_path"));
-    assert!(r.text.contains("`d`") || r.text.contains(": d"), "{}", r.text);
+    assert!(
+        r.text.contains("`d`") || r.text.contains(": d"),
+        "{}",
+        r.text
+    );
     // Nothing listens there any more once this listener is dropped.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
-    let r = raw(s.http.post(s.url("/uploadURL")).body(body(format!("http://{closed}/z.zip"), "d"))).await;
+    let r = raw(s
+        .http
+        .post(s.url("/uploadURL"))
+        .body(body(format!("http://{closed}/z.zip"), "d")))
+    .await;
     r.assert_error(400, "invalid_uri", Some("url"));
     // The whole zip (subfolder `/`): its one folder holds fn.py, so it deploys.
-    let r = raw(s.http.post(s.url("/uploadURL")).body(body(format!("http://{addr}/z.zip"), "/"))).await;
+    let r = raw(s
+        .http
+        .post(s.url("/uploadURL"))
+        .body(body(format!("http://{addr}/z.zip"), "/")))
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     // No door served: the answer lists none.
     assert_eq!(r.text, "");
-    let r = raw(s.http.post(s.url("/functions/default/u/invoke")).body("back")).await;
+    let r = raw(s
+        .http
+        .post(s.url("/functions/default/u/invoke"))
+        .body("back"))
+    .await;
     assert_eq!((r.status, r.text.as_str()), (200, "back"));
     s.stop().await;
 }
@@ -679,7 +872,8 @@ async fn the_gateway_wants_the_token_when_tokens_are_configured() {
     .await;
     let dir = seeds().join("test/fns/show-headers");
     let r = raw(s.http.post(s.url("/upload")).body(
-        json!({"name": "headers", "env": "python3", "threads": 1, "zip": b64(&zip_dir(&dir, ""))}).to_string(),
+        json!({"name": "headers", "env": "python3", "threads": 1, "zip": b64(&zip_dir(&dir, ""))})
+            .to_string(),
     ))
     .await;
     assert_eq!(r.status, 200, "{}", r.text);

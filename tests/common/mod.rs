@@ -144,7 +144,10 @@ impl Server {
 
     /// `http://GATEWAY{path}`.
     pub fn gateway_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.gateway.expect("a server with a gateway"))
+        format!(
+            "http://{}{path}",
+            self.gateway.expect("a server with a gateway")
+        )
     }
 
     /// Starts a server that wants `Authorization: Bearer {token}` (`tweak` may add more
@@ -168,9 +171,18 @@ impl Server {
         listeners: ufaas::Listeners,
     ) -> Server {
         let addr = listeners.http.local_addr().expect("addr");
-        let gateway = listeners.gateway.as_ref().map(|l| l.local_addr().expect("addr"));
-        let grpc = listeners.grpc.as_ref().map(|l| l.local_addr().expect("addr"));
-        let coap = listeners.coap.as_ref().map(|l| l.local_addr().expect("addr"));
+        let gateway = listeners
+            .gateway
+            .as_ref()
+            .map(|l| l.local_addr().expect("addr"));
+        let grpc = listeners
+            .grpc
+            .as_ref()
+            .map(|l| l.local_addr().expect("addr"));
+        let coap = listeners
+            .coap
+            .as_ref()
+            .map(|l| l.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let db = cfg.db.clone();
         let handle = tokio::spawn(ufaas::serve_all(cfg, listeners, async move {

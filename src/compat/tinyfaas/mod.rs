@@ -44,7 +44,7 @@ pub fn routes(functions: Arc<Functions>, limit: u64) -> BoxedFilter<(Response,)>
     let upload = warp::path!("upload")
         .and(warp::post())
         .and(with.clone())
-        .and(host.clone())
+        .and(host)
         .and(body.clone())
         .then(upload);
     let upload_url = warp::path!("uploadURL")
@@ -120,7 +120,10 @@ fn body_object(body: &Bytes, allowed: &[&str]) -> Result<Map<String, Value>, Api
         return Err(ApiError::bad_request(
             Code::UnknownField,
             k.clone(),
-            format!("unknown field `{k}` (this route takes {})", allowed.join(", ")),
+            format!(
+                "unknown field `{k}` (this route takes {})",
+                allowed.join(", ")
+            ),
         ));
     }
     Ok(obj)
@@ -147,26 +150,25 @@ fn required_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, A
 fn parse_upload(obj: &Map<String, Value>) -> Result<Upload, ApiError> {
     let name = required_str(obj, "name")?;
     spec::check_name(name, "name")?;
-    let runtime = match required_str(obj, "env")? {
-        "python3" => Runtime::Python,
-        "nodejs" => Runtime::Node,
-        "binary" => Runtime::Shell,
-        "go" => {
-            return Err(ApiError::bad_request(
+    let runtime =
+        match required_str(obj, "env")? {
+            "python3" => Runtime::Python,
+            "nodejs" => Runtime::Node,
+            "binary" => Runtime::Shell,
+            "go" => return Err(ApiError::bad_request(
                 Code::UnsupportedRuntime,
                 "env",
                 "ufaas runs no Go functions; use python3, nodejs or binary (a compiled program \
                  run by fn.sh)",
-            ))
-        }
-        other => {
-            return Err(ApiError::bad_request(
-                Code::InvalidValue,
-                "env",
-                format!("`env` must be python3, nodejs or binary, not \"{other}\""),
-            ))
-        }
-    };
+            )),
+            other => {
+                return Err(ApiError::bad_request(
+                    Code::InvalidValue,
+                    "env",
+                    format!("`env` must be python3, nodejs or binary, not \"{other}\""),
+                ))
+            }
+        };
     let threads = match obj.get("threads") {
         None => None,
         Some(Value::Number(n)) => match n.as_u64() {
@@ -658,7 +660,8 @@ fn subfolder_zip(zip: &[u8], sub: &str) -> Result<Vec<u8>, SubError> {
             continue; // the folder's own entry
         }
         let rel = rel.to_string();
-        out.raw_copy_file_rename(entry, rel).map_err(SubError::Zip)?;
+        out.raw_copy_file_rename(entry, rel)
+            .map_err(SubError::Zip)?;
     }
     if !found {
         let shown: Vec<String> = tops.into_iter().take(10).collect();
@@ -668,9 +671,7 @@ fn subfolder_zip(zip: &[u8], sub: &str) -> Result<Vec<u8>, SubError> {
             shown.join(", ")
         }));
     }
-    out.finish()
-        .map(Cursor::into_inner)
-        .map_err(SubError::Zip)
+    out.finish().map(Cursor::into_inner).map_err(SubError::Zip)
 }
 
 /// One dependency line of a requirements.txt.
@@ -979,10 +980,7 @@ mod tests {
         let m = markers(Runtime::Python);
         assert_eq!(root_of(&names(&["fn.py", "a/b.py"]), m), "");
         assert_eq!(root_of(&names(&["d/", "d/fn.py", "d/x"]), m), "d/");
-        assert_eq!(
-            root_of(&names(&["d/fn.py", "__MACOSX/d/._fn.py"]), m),
-            "d/"
-        );
+        assert_eq!(root_of(&names(&["d/fn.py", "__MACOSX/d/._fn.py"]), m), "d/");
         assert_eq!(root_of(&names(&["d/fn.py", "e/x"]), m), "");
         assert_eq!(root_of(&names(&["d/x.py"]), m), "");
         assert_eq!(root_of(&[], m), "");
@@ -1004,15 +1002,14 @@ mod tests {
             .compression_method(zip::CompressionMethod::Deflated);
         for (name, data) in entries {
             if name.ends_with('/') {
-                z.add_directory(*name, opts).unwrap_or_else(|e| panic!("{e}"));
+                z.add_directory(*name, opts)
+                    .unwrap_or_else(|e| panic!("{e}"));
             } else {
                 z.start_file(*name, opts).unwrap_or_else(|e| panic!("{e}"));
                 std::io::Write::write_all(&mut z, data).unwrap_or_else(|e| panic!("{e}"));
             }
         }
-        z.finish()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .into_inner()
+        z.finish().unwrap_or_else(|e| panic!("{e}")).into_inner()
     }
 
     fn entries(zip: &[u8]) -> Vec<(String, Vec<u8>)> {
@@ -1058,14 +1055,21 @@ mod tests {
     #[test]
     fn prepare_checks_dependencies_and_finds_node_main() {
         let py = |req: &[u8], extra: &[(&str, &[u8])]| {
-            let mut files: Vec<(&str, &[u8])> =
-                vec![("fn.py", b"def fn(i): return i\n"), ("requirements.txt", req)];
+            let mut files: Vec<(&str, &[u8])> = vec![
+                ("fn.py", b"def fn(i): return i\n"),
+                ("requirements.txt", req),
+            ];
             files.extend_from_slice(extra);
             prepare(zip_of(&files), None, Runtime::Python, "zip")
         };
         assert!(py(b"", &[]).is_ok());
-        let e = py(b"requests==2\n", &[]).err().unwrap_or_else(|| panic!("refused"));
-        assert_eq!((e.code, e.field.as_deref()), (Code::MissingDependency, Some("zip")));
+        let e = py(b"requests==2\n", &[])
+            .err()
+            .unwrap_or_else(|| panic!("refused"));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (Code::MissingDependency, Some("zip"))
+        );
         assert!(e.message.contains("requests") && e.message.contains("requirements.txt"));
         assert!(py(b"requests==2\n", &[("vendor/requests/__init__.py", b"")]).is_ok());
 
@@ -1074,26 +1078,40 @@ mod tests {
             files.extend_from_slice(extra);
             prepare(zip_of(&files), None, Runtime::Node, "url")
         };
-        let ok = node(br#"{"name": "fn", "main": "handler"}"#, &[("handler.js", b"")])
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        let ok = node(
+            br#"{"name": "fn", "main": "handler"}"#,
+            &[("handler.js", b"")],
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(ok.1.as_deref(), Some("handler.js"));
-        let e = node(br#"{"main": "index.js", "dependencies": {"left-pad": "^1"}}"#, &[])
-            .err()
-            .unwrap_or_else(|| panic!("refused"));
-        assert_eq!((e.code, e.field.as_deref()), (Code::MissingDependency, Some("url")));
+        let e = node(
+            br#"{"main": "index.js", "dependencies": {"left-pad": "^1"}}"#,
+            &[],
+        )
+        .err()
+        .unwrap_or_else(|| panic!("refused"));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (Code::MissingDependency, Some("url"))
+        );
         assert!(e.message.contains("left-pad") && e.message.contains("package.json"));
         assert!(node(
             br#"{"dependencies": {"left-pad": "^1"}}"#,
             &[("index.js", b""), ("node_modules/left-pad/index.js", b"")]
         )
         .is_ok());
-        let e = node(b"{not json", &[]).err().unwrap_or_else(|| panic!("refused"));
+        let e = node(b"{not json", &[])
+            .err()
+            .unwrap_or_else(|| panic!("refused"));
         assert_eq!(e.code, Code::InvalidValue);
 
         let e = prepare(b"PK nope".to_vec(), None, Runtime::Shell, "zip")
             .err()
             .unwrap_or_else(|| panic!("refused"));
-        assert_eq!((e.code, e.field.as_deref()), (Code::InvalidArchive, Some("zip")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (Code::InvalidArchive, Some("zip"))
+        );
     }
 
     #[test]
@@ -1111,19 +1129,57 @@ mod tests {
         assert_eq!(up.env.get("B").map(String::as_str), Some("x=y"));
         for (body, code, field) in [
             (json!({"env": "python3"}), Code::MissingField, "name"),
-            (json!({"name": "Bad Name", "env": "python3"}), Code::InvalidValue, "name"),
+            (
+                json!({"name": "Bad Name", "env": "python3"}),
+                Code::InvalidValue,
+                "name",
+            ),
             (json!({"name": "f"}), Code::MissingField, "env"),
-            (json!({"name": "f", "env": "ruby"}), Code::InvalidValue, "env"),
-            (json!({"name": "f", "env": "go"}), Code::UnsupportedRuntime, "env"),
+            (
+                json!({"name": "f", "env": "ruby"}),
+                Code::InvalidValue,
+                "env",
+            ),
+            (
+                json!({"name": "f", "env": "go"}),
+                Code::UnsupportedRuntime,
+                "env",
+            ),
             (json!({"name": "f", "env": 3}), Code::InvalidType, "env"),
-            (json!({"name": "f", "env": "binary", "threads": -1}), Code::InvalidValue, "threads"),
-            (json!({"name": "f", "env": "binary", "threads": "2"}), Code::InvalidType, "threads"),
-            (json!({"name": "f", "env": "binary", "envs": "A=1"}), Code::InvalidType, "envs"),
-            (json!({"name": "f", "env": "binary", "envs": ["A"]}), Code::InvalidValue, "envs[0]"),
-            (json!({"name": "f", "env": "binary", "envs": ["A=1", "1A=2"]}), Code::InvalidEnvName, "envs[1]"),
-            (json!({"name": "f", "env": "binary", "envs": [1]}), Code::InvalidValue, "envs[0]"),
+            (
+                json!({"name": "f", "env": "binary", "threads": -1}),
+                Code::InvalidValue,
+                "threads",
+            ),
+            (
+                json!({"name": "f", "env": "binary", "threads": "2"}),
+                Code::InvalidType,
+                "threads",
+            ),
+            (
+                json!({"name": "f", "env": "binary", "envs": "A=1"}),
+                Code::InvalidType,
+                "envs",
+            ),
+            (
+                json!({"name": "f", "env": "binary", "envs": ["A"]}),
+                Code::InvalidValue,
+                "envs[0]",
+            ),
+            (
+                json!({"name": "f", "env": "binary", "envs": ["A=1", "1A=2"]}),
+                Code::InvalidEnvName,
+                "envs[1]",
+            ),
+            (
+                json!({"name": "f", "env": "binary", "envs": [1]}),
+                Code::InvalidValue,
+                "envs[0]",
+            ),
         ] {
-            let e = parse_upload(&obj(body.clone())).err().unwrap_or_else(|| panic!("{body}"));
+            let e = parse_upload(&obj(body.clone()))
+                .err()
+                .unwrap_or_else(|| panic!("{body}"));
             assert_eq!((e.code, e.field.as_deref()), (code, Some(field)), "{body}");
         }
     }
