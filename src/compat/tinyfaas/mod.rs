@@ -24,6 +24,7 @@ use warp::http::{header, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use crate::config::Listen;
 use crate::error::{ApiError, Code};
 use crate::functions::spec::{self, Runtime};
 use crate::functions::{DeployError, Functions};
@@ -428,16 +429,22 @@ fn renamed(mut e: ApiError, zip_field: &str) -> ApiError {
 /// answers. A door on every address (0.0.0.0) is named by the host the client asked for.
 fn door_urls(f: &Functions, host: Option<&str>, name: &str) -> String {
     let cfg = f.runner().config();
+    let doors = [
+        ("coap", cfg.coap_listen),
+        ("grpc", cfg.grpc_listen),
+        ("http", cfg.gateway_listen),
+    ];
+    urls_of(&doors, host, name)
+}
+
+/// [`door_urls`] of the doors given.
+fn urls_of(doors: &[(&str, Listen)], host: Option<&str>, name: &str) -> String {
     let asked = host
         .and_then(|h| reqwest::Url::parse(&format!("http://{h}/")).ok())
         .and_then(|u| u.host_str().map(str::to_string))
         .unwrap_or_else(|| "localhost".to_string());
     let mut out = String::new();
-    for (proto, listen) in [
-        ("coap", cfg.coap_listen),
-        ("grpc", cfg.grpc_listen),
-        ("http", cfg.gateway_listen),
-    ] {
+    for (proto, listen) in doors {
         let Some(addr) = listen.0 else { continue };
         let host = if addr.ip().is_unspecified() {
             asked.clone()
@@ -1182,6 +1189,29 @@ mod tests {
                 .unwrap_or_else(|| panic!("{body}"));
             assert_eq!((e.code, e.field.as_deref()), (code, Some(field)), "{body}");
         }
+    }
+
+    #[test]
+    fn one_url_a_door_served() {
+        let at = |a: &str| Listen(Some(a.parse().unwrap_or_else(|e| panic!("{a}: {e}"))));
+        let doors = [
+            ("coap", at("127.0.0.1:5683")),
+            ("grpc", Listen(None)),
+            ("http", at("0.0.0.0:8000")),
+        ];
+        assert_eq!(
+            urls_of(&doors, Some("edge.example:8080"), "sieve"),
+            "coap://127.0.0.1:5683/sieve\nhttp://edge.example:8000/sieve\n"
+        );
+        assert_eq!(
+            urls_of(&doors, None, "sieve"),
+            "coap://127.0.0.1:5683/sieve\nhttp://localhost:8000/sieve\n"
+        );
+        assert_eq!(
+            urls_of(&[("http", at("[::1]:8000"))], None, "f"),
+            "http://[::1]:8000/f\n"
+        );
+        assert_eq!(urls_of(&[("http", Listen(None))], None, "f"), "");
     }
 
     #[test]
