@@ -100,6 +100,11 @@ pub async fn serve_all(
         grpc,
         coap,
     } = listeners;
+    // The configuration says which of tinyFaaS's doors are served and where (a port 0
+    // resolved): tinyFaaS's upload answers with their URLs.
+    cfg.gateway_listen = config::Listen(gateway.as_ref().and_then(|l| l.local_addr().ok()));
+    cfg.grpc_listen = config::Listen(grpc.as_ref().and_then(|l| l.local_addr().ok()));
+    cfg.coap_listen = config::Listen(coap.as_ref().and_then(|l| l.local_addr().ok()));
     // Tokens first: a bad token file, or an exposed address without any, stops the start
     // before anything is opened.
     let tokens = http::auth::Tokens::from_config(&mut cfg)?;

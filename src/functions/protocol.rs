@@ -582,7 +582,8 @@ mod tests {
     async fn py_fn_with_headers_and_a_json_result() {
         let dir = code(&[(
             "fn.py",
-            "def fn(input, headers):\n    if input == 'json':\n        return {'h': headers.get('x-name'), 'n': [1, 2.5, True, None]}\n    return headers['x-name'] + ':' + input\n",
+            // tinyFaaS's shape sees header names as Go writes them (`x-name` is `X-Name`).
+            "def fn(input, headers):\n    if input == 'json':\n        return {'h': headers.get('X-Name'), 'n': [1, 2.5, True, None]}\n    return headers['X-Name'] + ':' + input\n",
         )]);
         let mut rt = Runtime::start(Lang::Python, dir.path(), None).await;
         assert_eq!(text(&rt.call(1, Some("hi")).await), "bob:hi");

@@ -544,7 +544,7 @@ async fn delete_task(raw_id: String, runner: Arc<Runner>, q: Query) -> Response 
 
 /// Turns warp's own rejections (no route, wrong method, body too large …) into the JSON
 /// error body.
-async fn recover(rej: Rejection) -> Result<Response, Infallible> {
+pub(crate) async fn recover(rej: Rejection) -> Result<Response, Infallible> {
     let too_large = rej.find::<TooLarge>();
     let e = if let Some(Refused(e)) = rej.find::<Refused>() {
         e.clone()

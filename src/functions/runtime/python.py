@@ -382,6 +382,12 @@ def _finish(rid, tail):
         _send(head + tail)
 
 
+def _go_names(headers):
+    """Header names as tinyFaaS's handlers see them: its proxy is Go, which writes each name
+    canonical (first letter and each after `-` upper, the rest lower: `User-Agent`)."""
+    return {"-".join(p[:1].upper() + p[1:].lower() for p in k.split("-")): v for k, v in headers.items()}
+
+
 def _serve(fn, tinyfaas, two):
     global _current
     cap = _max_output()
@@ -410,7 +416,7 @@ def _serve(fn, tinyfaas, two):
         try:
             if tinyfaas:
                 text = None if body is None else body.decode("utf-8", "surrogateescape")
-                out = fn(text, headers) if two else fn(text)
+                out = fn(text, _go_names(headers)) if two else fn(text)
             else:
                 if body is None:
                     event = None
