@@ -14,7 +14,7 @@
 //! (and removed once its other calls end).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ pub struct WarmContainer {
     pub broken: AtomicBool,
     last_used: Mutex<Instant>,
     next_job: AtomicU32,
+    /// The newest Faasm file (`PUT /file`) placed in it (`crate::functions::host`).
+    pub files_seq: AtomicI64,
 }
 
 impl WarmContainer {
@@ -65,6 +67,7 @@ impl WarmContainer {
             broken: AtomicBool::new(false),
             last_used: Mutex::new(Instant::now()),
             next_job: AtomicU32::new(first_free_job),
+            files_seq: AtomicI64::new(0),
         }
     }
 
@@ -381,6 +384,48 @@ impl Pool {
         st.waiters.push_back(tx);
         let todo = self.scale_up(&mut st);
         (rx, todo)
+    }
+
+    /// Joins the queue for a call made by a call that holds a worker of this pool and waits
+    /// for it (Faasm's `chain` then `await_call`). Such a call goes first, and when no worker
+    /// is free it starts one more container even past `max_containers`: waiting for a worker
+    /// its own caller holds would never end (a function with `max_containers` 1 chaining
+    /// itself). Containers above `warm` go once idle past `--keep-alive`, as any others.
+    pub fn enqueue_nested(&self) -> (oneshot::Receiver<Result<Lease, LeaseError>>, Todo) {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.lock();
+        if st.retired {
+            let _ = tx.send(Err(LeaseError::Retired));
+            return (rx, Todo::default());
+        }
+        if let Some(w) = Self::pop_idle(&mut st) {
+            let _ = tx.send(Ok(w));
+            return (rx, Todo::default());
+        }
+        st.waiters.retain(|w| !w.is_closed());
+        if st.waiters.len() >= self.sizes.max_queue as usize {
+            let _ = tx.send(Err(LeaseError::QueueFull(self.sizes.max_queue)));
+            return (rx, Todo::default());
+        }
+        st.waiters.push_front(tx);
+        st.starting += 1;
+        (
+            rx,
+            Todo {
+                start: 1,
+                remove: Vec::new(),
+            },
+        )
+    }
+
+    /// The containers of the pool that take calls.
+    pub fn live_containers(&self) -> Vec<Arc<WarmContainer>> {
+        let st = self.lock();
+        st.containers
+            .iter()
+            .filter(|c| !c.is_broken())
+            .cloned()
+            .collect()
     }
 
     /// More containers while calls wait that the starting ones will not serve.

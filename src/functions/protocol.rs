@@ -20,6 +20,11 @@
 //!   one of `{"id", "status": n|null, "headers": {..}, "body": base64}` or `{"id", "error"}`;
 //! - `{"id": null, "error"}` for a request line it cannot read (and it goes on).
 //!
+//! During an invocation a runtime may also ask the server for something (Faasm's state and
+//! chained calls, see `crate::functions::host`): it sends `{"id", "host": {"op", ...}}` and
+//! blocks reading its stdin for the one line `{"host_reply": value}` or `{"host_error":
+//! "..."}` (a runtime serves one invocation at a time, so the next line is the reply).
+//!
 //! On EOF on its stdin a runtime answers what it has been sent and exits 0. A result body
 //! over `UFAAS_MAX_OUTPUT` bytes is replaced by an error saying so.
 
@@ -126,6 +131,19 @@ pub enum Message {
     /// Invocation `id` failed (the handler threw, or its result could not be sent); `id` is
     /// `None` for a request line the runtime could not read.
     Error { id: Option<u64>, message: String },
+    /// Invocation `id` asks the server for something; the runtime waits for [`host_reply`].
+    Host { id: u64, op: serde_json::Value },
+}
+
+/// The line answering a [`Message::Host`]: `{"host_reply": value}` or `{"host_error": why}`.
+pub fn host_reply(result: &Result<serde_json::Value, String>) -> Vec<u8> {
+    let v = match result {
+        Ok(v) => serde_json::json!({ "host_reply": v }),
+        Err(e) => serde_json::json!({ "host_error": e }),
+    };
+    let mut line = v.to_string().into_bytes();
+    line.push(b'\n');
+    line
 }
 
 /// Every field any message can have; which are present says which message it is.
@@ -140,6 +158,7 @@ struct Raw {
     headers: Option<BTreeMap<String, String>>,
     body: Option<String>,
     error: Option<String>,
+    host: Option<serde_json::Value>,
 }
 
 impl Message {
@@ -160,6 +179,9 @@ impl Message {
             });
         }
         let id = raw.id.ok_or("a message without ready, load_error or id")?;
+        if let Some(op) = raw.host {
+            return Ok(Message::Host { id, op });
+        }
         if let Some(stream) = raw.log {
             let stream = match stream.as_str() {
                 "stdout" => Stream::Stdout,
