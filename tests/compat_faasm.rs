@@ -644,7 +644,11 @@ def faasm_main():
         })
         .unwrap_or_default();
     assert_eq!(ids.len(), 2, "{}", r.text());
-    for (id, said) in ids.iter().zip(["Chained 1: b'1234'", "Chained 2: b'5678'"]) {
+    let expected = [
+        ("chain_one", "Chained 1: b'1234'"),
+        ("chain_two", "Chained 2: b'5678'"),
+    ];
+    for (id, (entry, said)) in ids.iter().zip(expected) {
         let st = post(&s, &json!({"id": id, "status": true})).await;
         assert_eq!(st.text(), "SUCCESS: ", "call {id}");
         let task = s.wait_state(&st.task, "FINISHED").await;
@@ -653,10 +657,7 @@ def faasm_main():
             "{task}"
         );
         assert_eq!(
-            task["spec"]["request"]["headers"]["x-faasm-chain"]
-                .as_str()
-                .is_some(),
-            true,
+            task["spec"]["request"]["headers"]["x-faasm-chain"], entry,
             "{task}"
         );
     }

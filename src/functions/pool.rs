@@ -595,3 +595,27 @@ impl Pool {
         self.lock().last_error.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nested_call_may_pass_max_containers() {
+        let pool = Pool::new(Sizes {
+            warm: 1,
+            max_containers: 1,
+            concurrency: 1,
+            max_queue: 10,
+        });
+        assert_eq!(pool.fill().start, 1);
+        // The one container is starting: a plain call waits for it and starts none.
+        let (_plain, todo) = pool.enqueue();
+        assert_eq!(todo.start, 0);
+        // A call whose caller holds a worker starts one more, past max_containers.
+        let (_nested, todo) = pool.enqueue_nested();
+        assert_eq!(todo.start, 1);
+        let c = pool.counts();
+        assert_eq!((c.starting, c.waiting), (2, 2));
+    }
+}

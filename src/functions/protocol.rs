@@ -545,6 +545,17 @@ mod tests {
             })
         );
         assert_eq!(
+            p(r#"{"id":5,"host":{"op":"await","id":2}}"#),
+            Ok(Message::Host {
+                id: 5,
+                op: serde_json::json!({"op": "await", "id": 2})
+            })
+        );
+        assert_eq!(
+            host_reply(&Err("no".into())),
+            b"{\"host_error\":\"no\"}\n".to_vec()
+        );
+        assert_eq!(
             p(r#"{"id":null,"error":"malformed"}"#),
             Ok(Message::Error {
                 id: None,
@@ -612,6 +623,46 @@ mod tests {
             json(&rt.call(2, Some("json")).await),
             serde_json::json!({"h": "bob", "n": [1, 2.5, true, null]})
         );
+    }
+
+    #[tokio::test]
+    async fn py_faasm_main_asks_the_server_on_the_channel_and_reads_its_reply() {
+        let dir = code(&[(
+            "fn.py",
+            "from pyfaasm.core import get_input, read_state, write_output\n\ndef faasm_main():\n    print('asking')\n    try:\n        read_state('missing', 2)\n    except RuntimeError as e:\n        print(e)\n    write_output(get_input() + read_state('k', 3))\n    return 0\n",
+        )]);
+        let mut rt = Runtime::start(Lang::Python, dir.path(), Some("fn.py:faasm_main")).await;
+        rt.send(&req(1, Some(b"in:"))).await;
+        let mut asked = Vec::new();
+        let mut logs = String::new();
+        let answer = loop {
+            match rt.next().await {
+                Message::Log { id: 1, data, .. } => logs.push_str(&data),
+                Message::Host { id: 1, op } => {
+                    // What was printed before the request came before it.
+                    assert!(logs.contains("asking"), "{logs:?}");
+                    let reply = if op["key"] == "missing" {
+                        Err("no such key".to_string())
+                    } else {
+                        Ok(serde_json::json!({"data": "/wBh"}))
+                    };
+                    asked.push(op);
+                    rt.send_raw(&host_reply(&reply)).await;
+                }
+                m => break m,
+            }
+        };
+        assert_eq!(body(&answer), b"in:\xff\x00a");
+        assert_eq!(asked.len(), 2);
+        assert_eq!(
+            asked[1],
+            serde_json::json!({"op": "read_state", "key": "k", "offset": 0, "len": 3})
+        );
+        assert!(logs.contains("no such key"), "{logs:?}");
+        // A non-zero return fails the call, naming the code.
+        let dir = code(&[("fn.py", "def faasm_main():\n    return 4\n")]);
+        let mut rt = Runtime::start(Lang::Python, dir.path(), Some("fn.py:faasm_main")).await;
+        assert_eq!(error(&rt.call(1, None).await), "faasm_main returned 4");
     }
 
     #[tokio::test]
