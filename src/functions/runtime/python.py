@@ -36,6 +36,8 @@ except TypeError:  # before Python 3.11
 # Reentrant: a signal handler that prints while the lock is held must not deadlock.
 _lock = _thread.RLock()
 _current = None  # the id of the invocation running now, else None
+# Held by a request to the server (pyfaasm.core) until its reply is read; see _host.
+_host_lock = _thread.allocate_lock()
 
 
 def _send(data):
@@ -369,9 +371,10 @@ def _max_output():
 
 def _finish(rid, tail):
     """Sends the invocation's last log text and `tail` (its result or error) in one write,
-    and ends the invocation: later prints go to stderr."""
+    and ends the invocation: later prints go to stderr. A request to the server that a
+    thread of the handler has in flight ends first (its reply is the next line read)."""
     global _current
-    with _lock:
+    with _host_lock, _lock:
         head = b""
         if _pending:
             stream = _pending[0]
@@ -449,15 +452,14 @@ def _serve(fn, tinyfaas, two):
 # nothing else while an invocation runs). See src/functions/host.rs.
 
 _faasm = {"input": b"", "output": None, "idx": 0}
-_host_lock = _thread.allocate_lock()
 
 
 def _host(op, **args):
-    rid = _current
-    if rid is None:
-        raise RuntimeError("pyfaasm.core: %s is only possible during an invocation" % op)
     args["op"] = op
     with _host_lock:
+        rid = _current
+        if rid is None:
+            raise RuntimeError("pyfaasm.core: %s is only possible during an invocation" % op)
         with _lock:
             _flush_locked()  # what was printed before the request comes before it in the logs
             _send(_msg({"id": rid, "host": args}))
