@@ -663,7 +663,7 @@ def faasm_main():
     }
 
     // A chained call that fails gives await_call its code; a chain to no such function fails.
-    let code = r#"from pyfaasm.core import chain, await_call, write_output
+    let code = r#"from pyfaasm.core import chain, await_call, write_output, get_input
 
 
 def bad(input_bytes):
@@ -673,13 +673,38 @@ def bad(input_bytes):
 def faasm_main():
     a = await_call(chain(bad, b''))
     b = await_call(chain("nosuch", b''))
-    write_output("{} {}".format(a, b).encode())
+    try:
+        await_call(int(get_input()))
+        theirs = "awaited"
+    except RuntimeError as e:
+        theirs = str(e)
+    write_output("{} {} {}".format(a, b, theirs).encode())
     return 0
 "#;
     upload(&s, "demo", "codes", code).await;
-    let r = post(&s, &json!({"user": "demo", "function": "codes"})).await;
+    // A call of another user, which demo's functions may not await.
+    let d = s
+        .put(
+            "/functions/other/echo",
+            &json!({"runtime": "python", "code": "def main(event):\n    return event\n"}),
+        )
+        .await;
+    assert_eq!(d.status, 201, "{}", d.body);
+    let theirs = call_async(
+        &s,
+        json!({"user": "other", "function": "echo", "input_data": "x"}),
+    )
+    .await;
+    let r = post(
+        &s,
+        &json!({"user": "demo", "function": "codes", "input_data": theirs.to_string()}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // A chain to a function the file lacks is accepted; its call fails in its own task.
-    assert_eq!(r.text(), "7 1");
+    assert_eq!(
+        r.text(),
+        format!("7 1 pyfaasm.core: await: no call {theirs} of user demo")
+    );
     s.stop().await;
 }

@@ -16,8 +16,8 @@
 //! - `chain` `{entry | idx, input}` → `{"id"}`: a new invocation of the same function (its
 //!   own task), running the file's function `entry` (or `faasm_main` with `idx`), and its
 //!   Faasm call id;
-//! - `await` `{id}` → `{"code"}`: waits for call `id` to end; 0 when it succeeded, else the
-//!   code it returned (1 when it failed otherwise).
+//! - `await` `{id}` → `{"code"}`: waits for call `id` (of the same user) to end; 0 when it
+//!   succeeded, else the code it returned (1 when it failed otherwise).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -198,7 +198,17 @@ impl Functions {
                     .await
                     .map_err(db)?
                     .ok_or_else(|| format!("no call {id}"))?;
+                // Subscribed before the record is read, so its end cannot be missed.
                 let events = self.store().events().subscribe();
+                // A user awaits only its own calls.
+                let record = self.store().get(task).await.map_err(db)?;
+                let mine = record
+                    .as_ref()
+                    .and_then(|r| r.function.as_ref())
+                    .is_some_and(|f| f.namespace == user);
+                if !mine {
+                    return Err(format!("no call {id} of user {user}"));
+                }
                 let ended = self
                     .runner()
                     .wait_ended(events, task, Duration::from_secs(u64::from(u32::MAX)))

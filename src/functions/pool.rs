@@ -390,7 +390,9 @@ impl Pool {
     /// for it (Faasm's `chain` then `await_call`). Such a call goes first, and when no worker
     /// is free it starts one more container even past `max_containers`: waiting for a worker
     /// its own caller holds would never end (a function with `max_containers` 1 chaining
-    /// itself). Containers above `warm` go once idle past `--keep-alive`, as any others.
+    /// itself). Up to `max_containers + max_queue` in all, so a function chaining without end
+    /// cannot start containers without end. Containers above `warm` go once idle past
+    /// `--keep-alive`, as any others.
     pub fn enqueue_nested(&self) -> (oneshot::Receiver<Result<Lease, LeaseError>>, Todo) {
         let (tx, rx) = oneshot::channel();
         let mut st = self.lock();
@@ -408,11 +410,17 @@ impl Pool {
             return (rx, Todo::default());
         }
         st.waiters.push_front(tx);
-        st.starting += 1;
+        let live = st.containers.iter().filter(|c| !c.is_broken()).count();
+        let cap = self
+            .sizes
+            .max_containers
+            .saturating_add(self.sizes.max_queue as usize);
+        let start = usize::from(live + st.starting < cap);
+        st.starting += start;
         (
             rx,
             Todo {
-                start: 1,
+                start,
                 remove: Vec::new(),
             },
         )
@@ -617,5 +625,17 @@ mod tests {
         assert_eq!(todo.start, 1);
         let c = pool.counts();
         assert_eq!((c.starting, c.waiting), (2, 2));
+        // Up to max_containers + max_queue containers (here 1 + 2, and 3 are starting):
+        // then a nested call waits like any other.
+        let full = Pool::new(Sizes {
+            warm: 3,
+            max_containers: 1,
+            concurrency: 1,
+            max_queue: 2,
+        });
+        assert_eq!(full.fill().start, 3);
+        let (_waits, todo) = full.enqueue_nested();
+        assert_eq!(todo.start, 0);
+        assert_eq!(full.counts().waiting, 1);
     }
 }
