@@ -128,7 +128,7 @@ async fn status_until_ended(s: &Server, id: i64) -> String {
 /// A Python interpreter that has `requests` (Debian's python3-requests); the test fails,
 /// never skips, without one.
 async fn python_with_requests() -> String {
-    for py in ["python3", "/usr/bin/python3"] {
+    for py in ["/usr/bin/python3", "python3"] {
         let ok = tokio::process::Command::new(py)
             .args(["-c", "import requests"])
             .output()
