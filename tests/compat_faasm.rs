@@ -568,6 +568,35 @@ def faasm_main():
         (r.status, r.text().as_str()),
         (200, "v2|read-only|relative")
     );
+    let id = call_async(
+        &s,
+        json!({"user": "demo", "function": "state", "input_data": "write"}),
+    )
+    .await;
+    assert_eq!(status_until_ended(&s, id).await, "SUCCESS: ok");
+
+    // After a restart: the call id still answers, the state is there, and the files are in
+    // the new container from its start.
+    let dir = s.stop().await;
+    let mut cfg = ufaas::config::ServeConfig::defaults();
+    cfg.db = dir.path().join("ufaas.db");
+    let s = Server::start_on(cfg, dir).await;
+    let r = post(&s, &json!({"id": id, "status": true})).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "SUCCESS: ok"));
+    let r = raw(s.http.get(s.url("/s/demo/counter"))).await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, b"0199956789".as_slice())
+    );
+    let r = post(
+        &s,
+        &json!({"user": "demo", "function": "state", "input_data": "file"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "v2|read-only|relative")
+    );
     s.stop().await;
 }
 
