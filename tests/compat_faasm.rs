@@ -441,7 +441,9 @@ print(str_res)
 #[tokio::test]
 async fn state_is_shared_between_http_and_functions_and_files_reach_warm_containers() {
     let s = Server::start().await;
-    let code = r#"from pyfaasm.core import (read_state, read_state_size, read_state_offset, write_state,
+    let code = r#"import os
+import time
+from pyfaasm.core import (read_state, read_state_size, read_state_offset, write_state,
     write_state_offset, push_state, pull_state, write_output, get_input, set_state, get_state)
 
 
@@ -463,6 +465,12 @@ def faasm_main():
         write_output(part + b"|" + get_state("counter", 10) + b"|" + padded + b"|" + str(read_state_size("absent")).encode())
     elif op == "past":
         write_state_offset("counter", 4, 3, b"xx")
+    elif op == "wait":
+        deadline = time.time() + 30
+        while not os.path.exists("/data/late.txt") and time.time() < deadline:
+            time.sleep(0.05)
+        with open("/data/late.txt", "rb") as f:
+            write_output(f.read())
     elif op == "file":
         with open("/data/shared.txt", "rb") as f:
             data = f.read()
@@ -568,6 +576,31 @@ def faasm_main():
         (r.status, r.text().as_str()),
         (200, "v2|read-only|relative")
     );
+    // A call already running sees a file uploaded meanwhile.
+    let waiting = call_async(
+        &s,
+        json!({"user": "demo", "function": "state", "input_data": "wait"}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = post(&s, &json!({"id": waiting, "status": true})).await;
+        if r.text() == "RUNNING" {
+            break;
+        }
+        assert_eq!(r.text(), "PENDING");
+        assert!(Instant::now() < deadline, "call {waiting} never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = raw(s
+        .http
+        .put(s.url("/file"))
+        .header("FilePath", "/data/late.txt")
+        .body("arrived"))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(status_until_ended(&s, waiting).await, "SUCCESS: arrived");
+
     let id = call_async(
         &s,
         json!({"user": "demo", "function": "state", "input_data": "write"}),

@@ -317,7 +317,14 @@ async fn put_file(f: Arc<Functions>, headers: HeaderMap, body: Bytes) -> Respons
         Ok(p) => p,
         Err(e) => return error_reply(e),
     };
-    let done = tokio::spawn(async move { f.store().put_faasm_file(&path, &body).await });
+    // Stored, then placed in the warm containers, before the answer; on a task of its own.
+    let done = tokio::spawn(async move {
+        let stored = f.store().put_faasm_file(&path, &body).await;
+        if stored.is_ok() {
+            f.spread_faasm_files().await;
+        }
+        stored
+    });
     match done.await {
         Ok(Ok(_)) => text_reply(StatusCode::OK, ""),
         Ok(Err(e)) => error_reply(store_error(e)),

@@ -260,6 +260,16 @@ impl Functions {
         Ok(json!({"id": id, "task_id": task.id}))
     }
 
+    /// After `PUT /file`: every live container of the Faasm functions gets the new files now,
+    /// so a call already running sees them too (the check before each call is the backstop).
+    pub async fn spread_faasm_files(&self) {
+        for d in self.all().into_iter().filter(|d| d.is_faasm()) {
+            for c in d.pool.live_containers() {
+                self.place_faasm_files(&d, &c).await;
+            }
+        }
+    }
+
     /// Places the Faasm files (`PUT /file`) that `container` of `d` lacks: at its start,
     /// and before each call, so a call sees every file uploaded before it began. A failure
     /// is logged (the call runs without them) and tried again at the next call.
