@@ -724,6 +724,31 @@ def faasm_main():
         );
     }
 
+    // Faasm's older chaining by index: faasm_main runs again with get_function_idx().
+    let by_index = r#"from pyfaasm.core import get_function_idx, get_input, chain_this_with_input, register_function, PYTHON_LOCAL_CHAINING, \
+    await_call, write_output
+
+
+def chain_one(input_bytes):
+    if input_bytes != b'1234':
+        exit(1)
+
+
+def faasm_main():
+    if PYTHON_LOCAL_CHAINING:
+        register_function(1, chain_one)
+    idx = get_function_idx()
+    if idx == 0:
+        call_a = chain_this_with_input(1, b'1234')
+        call_b = chain_this_with_input(1, b'wrong')
+        write_output("{} {}".format(await_call(call_a), await_call(call_b)).encode())
+    elif idx == 1:
+        chain_one(get_input())
+"#;
+    upload(&s, "demo", "byindex", by_index).await;
+    let r = post(&s, &json!({"user": "demo", "function": "byindex"})).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "0 1"));
+
     // A chained call that fails gives await_call its code; a chain to no such function fails.
     let code = r#"from pyfaasm.core import chain, await_call, write_output, get_input
 
