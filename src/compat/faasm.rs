@@ -483,22 +483,24 @@ async fn invoke(f: Arc<Functions>, body: Bytes) -> Response {
             };
             // On a task of its own: the call is recorded whatever the client does.
             let done = tokio::spawn(async move {
-                if run_async {
-                    let task = f.invoke_async(&namespace, &name, call, None).await?;
-                    let id = f
-                        .store()
-                        .new_faasm_call(task.id)
+                if !run_async {
+                    return f
+                        .invoke(&namespace, &name, call)
                         .await
-                        .map_err(Refusal::Store)?;
-                    Ok(Err((id, task.id)))
-                } else {
-                    f.invoke(&namespace, &name, call).await.map(Ok)
+                        .map(|i| Done::Sync(Box::new(i)));
                 }
+                let task = f.invoke_async(&namespace, &name, call, None).await?;
+                let id = f
+                    .store()
+                    .new_faasm_call(task.id)
+                    .await
+                    .map_err(Refusal::Store)?;
+                Ok(Done::Async(id, task.id))
             })
             .await;
             match done {
-                Ok(Ok(Ok(invoked))) => invoked_reply(invoked),
-                Ok(Ok(Err((id, task)))) => {
+                Ok(Ok(Done::Sync(invoked))) => invoked_reply(*invoked),
+                Ok(Ok(Done::Async(id, task))) => {
                     with_task(text_reply(StatusCode::OK, id.to_string()), task)
                 }
                 Ok(Err(r)) => refusal_reply(r),
@@ -506,6 +508,13 @@ async fn invoke(f: Arc<Functions>, body: Bytes) -> Response {
             }
         }
     }
+}
+
+/// How an invocation message was served.
+enum Done {
+    Sync(Box<Invoked>),
+    /// The Faasm call id and the task of an async call.
+    Async(i64, TaskId),
 }
 
 fn refusal_reply(r: Refusal) -> Response {
