@@ -33,10 +33,3 @@ pub fn routes(functions: Arc<Functions>, limit: u64) -> BoxedFilter<(Response,)>
         .unify()
         .boxed()
 }
-
-/// A filter that matches nothing: the routes of a seed not yet served.
-pub(crate) fn none() -> BoxedFilter<(Response,)> {
-    warp::any()
-        .and_then(|| async { Err::<Response, _>(warp::reject::not_found()) })
-        .boxed()
-}

@@ -242,8 +242,28 @@ impl Functions {
             }
             return Ok(self.run_call(d, id, w, Some(ran), &call).await);
         }
-        let (task, lease) = self.accept(&d, &call, None).await?;
+        let (task, lease) = self.accept(&d, &call, None, false).await?;
         Ok(self.run_accepted(d, task, lease, call).await)
+    }
+
+    /// A call made by a running call of `d` that will wait for it (Faasm's `chain`): stored
+    /// and run in the background as an async call is, but it never waits behind its caller
+    /// for a worker ([`super::pool::Pool::enqueue_nested`]). A boxed future rather than an
+    /// `async fn`: the call it starts may come back here (a chained call chaining), and the
+    /// compiler cannot see through that cycle to prove it `Send`.
+    pub fn invoke_nested(
+        self: &Arc<Self>,
+        d: Arc<Deployed>,
+        call: Call,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<TaskRecord, Refusal>> + Send>>
+    {
+        let me = self.clone();
+        Box::pin(async move {
+            let (task, lease) = me.accept(&d, &call, None, true).await?;
+            let record = task.clone();
+            tokio::spawn(async move { me.run_accepted(d, task, lease, call).await });
+            Ok(record)
+        })
     }
 
     /// Stores the call and answers at once; it runs in the background (and its result goes
@@ -258,7 +278,7 @@ impl Functions {
         let d = self
             .get(namespace, name)
             .ok_or_else(|| Refusal::NotFound(format!("{namespace}/{name}")))?;
-        let (task, lease) = self.accept(&d, &call, callback.as_deref()).await?;
+        let (task, lease) = self.accept(&d, &call, callback.as_deref(), false).await?;
         let me = self.clone();
         let record = task.clone();
         tokio::spawn(async move {
@@ -271,12 +291,14 @@ impl Functions {
     }
 
     /// Stores the call: RUNNING when a worker is free now (it is returned), else PENDING
-    /// with a place in the function's queue (429 when that is full).
+    /// with a place in the function's queue (429 when that is full); `nested` for a call
+    /// whose caller holds a worker of `d` ([`Self::invoke_nested`]).
     async fn accept(
         self: &Arc<Self>,
         d: &Arc<Deployed>,
         call: &Call,
         callback: Option<&str>,
+        nested: bool,
     ) -> Result<(TaskRecord, Accepted), Refusal> {
         let function = d.full_name();
         let spec = call.to_spec(&function, d.version, callback);
@@ -295,7 +317,11 @@ impl Functions {
                 }
             };
         }
-        let (rx, todo) = d.pool.enqueue();
+        let (rx, todo) = if nested {
+            d.pool.enqueue_nested()
+        } else {
+            d.pool.enqueue()
+        };
         self.act(d, todo);
         let mut rx = rx;
         if let Ok(Err(LeaseError::QueueFull(n))) = rx.try_recv() {
@@ -422,7 +448,7 @@ impl Functions {
 
     /// Sends the call to the worker and reads what it prints and answers, within the
     /// function's timeout.
-    async fn call_worker(&self, d: &Deployed, w: &Lease, call: &Call) -> Ran {
+    async fn call_worker(self: &Arc<Self>, d: &Deployed, w: &Lease, call: &Call) -> Ran {
         let cap = self.runner.config().max_output_bytes;
         let timeout = Duration::from_secs(d.spec.timeout);
         match (&w.runtime, d.spec.runtime) {
@@ -466,6 +492,7 @@ impl Functions {
                         return ran;
                     }
                 }
+                self.place_faasm_files(d, &w.container).await;
                 rt.active.store(true, Ordering::Relaxed);
                 if let Err(e) = w.container.agent.input(rt.job, &line).await {
                     rt.active.store(false, Ordering::Relaxed);
@@ -505,6 +532,25 @@ impl Functions {
                             Message::Error { id, message } if id == Some(n) || id.is_none() => {
                                 ran.answer = Some(Err(Failure::Function(message)));
                                 break;
+                            }
+                            // The handler waits for the answer on its stdin (see `host`).
+                            Message::Host { id, op } if id == n => {
+                                let done =
+                                    tokio::time::timeout_at(deadline, self.host_op(d, op)).await;
+                                let Ok(reply) = done else {
+                                    let _ = w.container.agent.kill(rt.job, 9).await;
+                                    ran.healthy = false;
+                                    ran.answer = Some(Err(Failure::Timeout(d.spec.timeout)));
+                                    break;
+                                };
+                                let line = protocol::host_reply(&reply);
+                                if let Err(e) = w.container.agent.input(rt.job, &line).await {
+                                    ran.healthy = false;
+                                    ran.answer = Some(Err(Failure::Function(format!(
+                                        "the answer to the function's request could not be sent: {e}"
+                                    ))));
+                                    break;
+                                }
                             }
                             _ => {}
                         },

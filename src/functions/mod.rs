@@ -7,6 +7,7 @@
 //! records and the events; the language runtimes and their wire format are in [`protocol`],
 //! the deploy body in [`spec`], sealed secrets in [`secrets`].
 
+pub mod host;
 pub mod invoke;
 pub mod pool;
 pub mod protocol;
@@ -459,6 +460,8 @@ impl Functions {
             .map_err(StartError::Other)?;
         let first_job = spec.concurrency + 1;
         let container = Arc::new(WarmContainer::new(cid.clone(), agent, 1));
+        // Before the runtimes start, so code run at import sees them too.
+        self.place_faasm_files(d, &container).await;
         let mut workers = Vec::new();
         let lang = match spec.runtime {
             Runtime::Python => Some(protocol::Lang::Python),

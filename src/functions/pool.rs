@@ -14,7 +14,7 @@
 //! (and removed once its other calls end).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ pub struct WarmContainer {
     pub broken: AtomicBool,
     last_used: Mutex<Instant>,
     next_job: AtomicU32,
+    /// The newest Faasm file (`PUT /file`) placed in it (`crate::functions::host`).
+    pub files_seq: AtomicI64,
 }
 
 impl WarmContainer {
@@ -65,6 +67,7 @@ impl WarmContainer {
             broken: AtomicBool::new(false),
             last_used: Mutex::new(Instant::now()),
             next_job: AtomicU32::new(first_free_job),
+            files_seq: AtomicI64::new(0),
         }
     }
 
@@ -383,6 +386,56 @@ impl Pool {
         (rx, todo)
     }
 
+    /// Joins the queue for a call made by a call that holds a worker of this pool and waits
+    /// for it (Faasm's `chain` then `await_call`). Such a call goes first, and when no worker
+    /// is free it starts one more container even past `max_containers`: waiting for a worker
+    /// its own caller holds would never end (a function with `max_containers` 1 chaining
+    /// itself). Up to `max_containers + max_queue` in all, so a function chaining without end
+    /// cannot start containers without end. Containers above `warm` go once idle past
+    /// `--keep-alive`, as any others.
+    pub fn enqueue_nested(&self) -> (oneshot::Receiver<Result<Lease, LeaseError>>, Todo) {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.lock();
+        if st.retired {
+            let _ = tx.send(Err(LeaseError::Retired));
+            return (rx, Todo::default());
+        }
+        if let Some(w) = Self::pop_idle(&mut st) {
+            let _ = tx.send(Ok(w));
+            return (rx, Todo::default());
+        }
+        st.waiters.retain(|w| !w.is_closed());
+        if st.waiters.len() >= self.sizes.max_queue as usize {
+            let _ = tx.send(Err(LeaseError::QueueFull(self.sizes.max_queue)));
+            return (rx, Todo::default());
+        }
+        st.waiters.push_front(tx);
+        let live = st.containers.iter().filter(|c| !c.is_broken()).count();
+        let cap = self
+            .sizes
+            .max_containers
+            .saturating_add(self.sizes.max_queue as usize);
+        let start = usize::from(live + st.starting < cap);
+        st.starting += start;
+        (
+            rx,
+            Todo {
+                start,
+                remove: Vec::new(),
+            },
+        )
+    }
+
+    /// The containers of the pool that take calls.
+    pub fn live_containers(&self) -> Vec<Arc<WarmContainer>> {
+        let st = self.lock();
+        st.containers
+            .iter()
+            .filter(|c| !c.is_broken())
+            .cloned()
+            .collect()
+    }
+
     /// More containers while calls wait that the starting ones will not serve.
     fn scale_up(&self, st: &mut PoolState) -> Todo {
         let live = st.containers.iter().filter(|c| !c.is_broken()).count();
@@ -548,5 +601,41 @@ impl Pool {
 
     pub fn last_error(&self) -> Option<String> {
         self.lock().last_error.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nested_call_may_pass_max_containers() {
+        let pool = Pool::new(Sizes {
+            warm: 1,
+            max_containers: 1,
+            concurrency: 1,
+            max_queue: 10,
+        });
+        assert_eq!(pool.fill().start, 1);
+        // The one container is starting: a plain call waits for it and starts none.
+        let (_plain, todo) = pool.enqueue();
+        assert_eq!(todo.start, 0);
+        // A call whose caller holds a worker starts one more, past max_containers.
+        let (_nested, todo) = pool.enqueue_nested();
+        assert_eq!(todo.start, 1);
+        let c = pool.counts();
+        assert_eq!((c.starting, c.waiting), (2, 2));
+        // Up to max_containers + max_queue containers (here 1 + 2, and 3 are starting):
+        // then a nested call waits like any other.
+        let full = Pool::new(Sizes {
+            warm: 3,
+            max_containers: 1,
+            concurrency: 1,
+            max_queue: 2,
+        });
+        assert_eq!(full.fill().start, 3);
+        let (_waits, todo) = full.enqueue_nested();
+        assert_eq!(todo.start, 0);
+        assert_eq!(full.counts().waiting, 1);
     }
 }

@@ -20,6 +20,11 @@
 //!   one of `{"id", "status": n|null, "headers": {..}, "body": base64}` or `{"id", "error"}`;
 //! - `{"id": null, "error"}` for a request line it cannot read (and it goes on).
 //!
+//! During an invocation a runtime may also ask the server for something (Faasm's state and
+//! chained calls, see `crate::functions::host`): it sends `{"id", "host": {"op", ...}}` and
+//! blocks reading its stdin for the one line `{"host_reply": value}` or `{"host_error":
+//! "..."}` (a runtime serves one invocation at a time, so the next line is the reply).
+//!
 //! On EOF on its stdin a runtime answers what it has been sent and exits 0. A result body
 //! over `UFAAS_MAX_OUTPUT` bytes is replaced by an error saying so.
 
@@ -126,6 +131,19 @@ pub enum Message {
     /// Invocation `id` failed (the handler threw, or its result could not be sent); `id` is
     /// `None` for a request line the runtime could not read.
     Error { id: Option<u64>, message: String },
+    /// Invocation `id` asks the server for something; the runtime waits for [`host_reply`].
+    Host { id: u64, op: serde_json::Value },
+}
+
+/// The line answering a [`Message::Host`]: `{"host_reply": value}` or `{"host_error": why}`.
+pub fn host_reply(result: &Result<serde_json::Value, String>) -> Vec<u8> {
+    let v = match result {
+        Ok(v) => serde_json::json!({ "host_reply": v }),
+        Err(e) => serde_json::json!({ "host_error": e }),
+    };
+    let mut line = v.to_string().into_bytes();
+    line.push(b'\n');
+    line
 }
 
 /// Every field any message can have; which are present says which message it is.
@@ -140,6 +158,7 @@ struct Raw {
     headers: Option<BTreeMap<String, String>>,
     body: Option<String>,
     error: Option<String>,
+    host: Option<serde_json::Value>,
 }
 
 impl Message {
@@ -160,6 +179,9 @@ impl Message {
             });
         }
         let id = raw.id.ok_or("a message without ready, load_error or id")?;
+        if let Some(op) = raw.host {
+            return Ok(Message::Host { id, op });
+        }
         if let Some(stream) = raw.log {
             let stream = match stream.as_str() {
                 "stdout" => Stream::Stdout,
@@ -523,6 +545,17 @@ mod tests {
             })
         );
         assert_eq!(
+            p(r#"{"id":5,"host":{"op":"await","id":2}}"#),
+            Ok(Message::Host {
+                id: 5,
+                op: serde_json::json!({"op": "await", "id": 2})
+            })
+        );
+        assert_eq!(
+            host_reply(&Err("no".into())),
+            b"{\"host_error\":\"no\"}\n".to_vec()
+        );
+        assert_eq!(
             p(r#"{"id":null,"error":"malformed"}"#),
             Ok(Message::Error {
                 id: None,
@@ -591,6 +624,46 @@ mod tests {
             json(&rt.call(2, Some("json")).await),
             serde_json::json!({"h": "bob", "n": [1, 2.5, true, null]})
         );
+    }
+
+    #[tokio::test]
+    async fn py_faasm_main_asks_the_server_on_the_channel_and_reads_its_reply() {
+        let dir = code(&[(
+            "fn.py",
+            "from pyfaasm.core import get_input, read_state, write_output\n\ndef faasm_main():\n    print('asking')\n    try:\n        read_state('missing', 2)\n    except RuntimeError as e:\n        print(e)\n    write_output(get_input() + read_state('k', 3))\n    return 0\n",
+        )]);
+        let mut rt = Runtime::start(Lang::Python, dir.path(), Some("fn.py:faasm_main")).await;
+        rt.send(&req(1, Some(b"in:"))).await;
+        let mut asked = Vec::new();
+        let mut logs = String::new();
+        let answer = loop {
+            match rt.next().await {
+                Message::Log { id: 1, data, .. } => logs.push_str(&data),
+                Message::Host { id: 1, op } => {
+                    // What was printed before the request came before it.
+                    assert!(logs.contains("asking"), "{logs:?}");
+                    let reply = if op["key"] == "missing" {
+                        Err("no such key".to_string())
+                    } else {
+                        Ok(serde_json::json!({"data": "/wBh"}))
+                    };
+                    asked.push(op);
+                    rt.send_raw(&host_reply(&reply)).await;
+                }
+                m => break m,
+            }
+        };
+        assert_eq!(body(&answer), b"in:\xff\x00a");
+        assert_eq!(asked.len(), 2);
+        assert_eq!(
+            asked[1],
+            serde_json::json!({"op": "read_state", "key": "k", "offset": 0, "len": 3})
+        );
+        assert!(logs.contains("no such key"), "{logs:?}");
+        // A non-zero return fails the call, naming the code.
+        let dir = code(&[("fn.py", "def faasm_main():\n    return 4\n")]);
+        let mut rt = Runtime::start(Lang::Python, dir.path(), Some("fn.py:faasm_main")).await;
+        assert_eq!(error(&rt.call(1, None).await), "faasm_main returned 4");
     }
 
     #[tokio::test]

@@ -481,6 +481,17 @@ impl Runner {
         }
     }
 
+    /// Places more files (a tar) in a running function container (crate::functions), as
+    /// its code was placed at its start (`workdir` stays writable under a read-only root).
+    pub(crate) async fn place_function_files(
+        &self,
+        cid: &str,
+        tar: Vec<u8>,
+        workdir: &str,
+    ) -> Result<(), String> {
+        self.place_files(cid, tar, workdir).await
+    }
+
     /// Removes a function's container (crate::functions), now or, when Docker is away,
     /// later by the reaper.
     pub(crate) async fn remove_function_container(&self, cid: &str) {

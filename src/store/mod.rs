@@ -71,6 +71,8 @@ macro_rules! columns {
 // After `columns!`, which it uses.
 mod functions;
 pub use functions::{LoggedTask, NewFunction, NewInvocation, StoredFunction, PIPELINE};
+mod faasm;
+pub use faasm::FaasmFile;
 
 impl TryFrom<TaskRow> for TaskRecord {
     type Error = StoreError;

@@ -36,6 +36,8 @@ except TypeError:  # before Python 3.11
 # Reentrant: a signal handler that prints while the lock is held must not deadlock.
 _lock = _thread.RLock()
 _current = None  # the id of the invocation running now, else None
+# Held by a request to the server (pyfaasm.core) until its reply is read; see _host.
+_host_lock = _thread.allocate_lock()
 
 
 def _send(data):
@@ -369,9 +371,10 @@ def _max_output():
 
 def _finish(rid, tail):
     """Sends the invocation's last log text and `tail` (its result or error) in one write,
-    and ends the invocation: later prints go to stderr."""
+    and ends the invocation: later prints go to stderr. A request to the server that a
+    thread of the handler has in flight ends first (its reply is the next line read)."""
     global _current
-    with _lock:
+    with _host_lock, _lock:
         head = b""
         if _pending:
             stream = _pending[0]
@@ -413,6 +416,7 @@ def _serve(fn, tinyfaas, two):
             _send(_msg({"id": rid, "error": _cut("malformed request: %s" % e)}))
             continue
         _current = rid
+        _faasm["input"] = b"" if body is None else body
         try:
             if tinyfaas:
                 text = None if body is None else body.decode("utf-8", "surrogateescape")
@@ -447,11 +451,173 @@ def _serve(fn, tinyfaas, two):
         _finish(rid, tail)
 
 
+# ---- Faasm ---------------------------------------------------------------------------------
+# `pyfaasm.core`, so that functions written for Faasm run unchanged. Input and output are the
+# invocation's; state and chained calls are asked of the server on the protocol channel: a
+# `{"id", "host": {...}}` message, then the one reply line read from stdin (the server sends
+# nothing else while an invocation runs). See src/functions/host.rs.
+
+_faasm = {"input": b"", "output": None, "idx": 0}
+
+
+def _host(op, **args):
+    args["op"] = op
+    with _host_lock:
+        rid = _current
+        if rid is None:
+            raise RuntimeError("pyfaasm.core: %s is only possible during an invocation" % op)
+        with _lock:
+            _flush_locked()  # what was printed before the request comes before it in the logs
+            _send(_msg({"id": rid, "host": args}))
+        line = _IN.readline()
+    if not line:
+        raise RuntimeError("pyfaasm.core: the server closed the channel")
+    reply = json.loads(line)
+    if "host_error" in reply:
+        raise RuntimeError("pyfaasm.core: %s: %s" % (op, reply["host_error"]))
+    return reply.get("host_reply")
+
+
+def _b64(data):
+    if isinstance(data, str):
+        data = _utf8(data)
+    return binascii.b2a_base64(bytes(data), newline=False).decode("ascii")
+
+
+def _faasm_api():
+    import types
+
+    def get_input_len():
+        return len(_faasm["input"])
+
+    def read_input(input_len=None):
+        data = _faasm["input"]
+        return data if input_len is None else data[: int(input_len)]
+
+    def get_input():
+        return _faasm["input"]
+
+    def write_output(output):
+        _faasm["output"] = _utf8(output) if isinstance(output, str) else bytes(output)
+
+    def read_state_size(key):
+        return _host("state_size", key=key)["size"]
+
+    def read_state(key, state_len):
+        return _a2b(_host("read_state", key=key, offset=0, len=int(state_len))["data"])
+
+    def read_state_offset(key, total_len, offset, offset_len):
+        return _a2b(_host("read_state", key=key, offset=int(offset), len=int(offset_len))["data"])
+
+    def write_state(key, value):
+        _host("write_state", key=key, data=_b64(value))
+
+    def write_state_offset(key, total_len, offset, value):
+        _host("write_state_offset", key=key, total=int(total_len), offset=int(offset), data=_b64(value))
+
+    def push_state(key):
+        pass  # writes go straight to the server
+
+    def push_state_partial(key):
+        pass
+
+    def pull_state(key, state_len):
+        pass  # reads always come from the server
+
+    def chain(func, input_data=b""):
+        if isinstance(func, int) and not isinstance(func, bool):
+            args = {"idx": func}
+        else:
+            name = getattr(func, "__name__", func)
+            if not isinstance(name, str):
+                raise TypeError("chain: give a function of this file (or its name)")
+            args = {"entry": name}
+        return _host("chain", input=_b64(input_data), **args)["id"]
+
+    def await_call(call_id):
+        return _host("await", id=int(call_id))["code"]
+
+    def get_function_idx():
+        return _faasm["idx"]
+
+    def register_function(idx, func):
+        pass  # calls always run on the server
+
+    def _set_flag(value):
+        pass
+
+    core = types.ModuleType("pyfaasm.core")
+    core.PYTHON_LOCAL_CHAINING = False
+    core.PYTHON_LOCAL_OUTPUT = False
+    for f in (get_input_len, read_input, get_input, write_output, read_state_size, read_state,
+              read_state_offset, write_state, write_state_offset, push_state, push_state_partial,
+              pull_state, chain, await_call, get_function_idx, register_function):
+        setattr(core, f.__name__, f)
+    # The names of older pyfaasm releases.
+    core.set_output = write_output
+    core.chain_this_with_input = chain
+    core.get_state = read_state
+    core.get_state_size = read_state_size
+    core.get_state_offset = read_state_offset
+    core.set_state = write_state
+    core.set_state_offset = write_state_offset
+    core.set_local_chaining = _set_flag
+    core.set_local_input_output = _set_flag
+    pkg = types.ModuleType("pyfaasm")
+    pkg.__path__ = []
+    pkg.core = core
+    sys.modules["pyfaasm"] = pkg
+    sys.modules["pyfaasm.core"] = core
+
+
+def _faasm_entry(main):
+    """The handler of a Faasm function: `faasm_main()` (or, for a chained call, the file's
+    function it names, given the input), whose return value 0 or None is success; the output
+    is what it wrote with write_output."""
+    scope = getattr(main, "__globals__", {})
+
+    def run(event, ctx):
+        headers = ctx.headers
+        name = headers.get("x-faasm-chain")
+        idx = headers.get("x-faasm-idx") or "0"
+        _faasm["idx"] = int(idx) if idx.isdigit() else 0
+        _faasm["output"] = None
+        if name:
+            fn = scope.get(name)
+            if not callable(fn) or getattr(fn, "__module__", None) != scope.get("__name__"):
+                raise _ResultError("chained call: the file defines no function %s" % name)
+            code = getattr(fn, "__code__", None)
+            takes = code is None or code.co_argcount >= 1 or bool(code.co_flags & 0x04)
+            args = (_faasm["input"],) if takes else ()
+        else:
+            fn, name, args = main, "faasm_main", ()
+        try:
+            ret = fn(*args)
+            if hasattr(ret, "__await__"):
+                ret = _run_awaitable(ret)
+        except SystemExit as e:  # exit(1) fails the call, as in Faasm
+            ret = e.code
+        out = _faasm["output"] or b""
+        if ret is None or (isinstance(ret, int) and ret == 0):
+            return out
+        said = out.decode("utf-8", "replace")
+        if isinstance(ret, int):
+            raise _ResultError("%s returned %d%s" % (name, ret, ": " + said if said else ""))
+        raise _ResultError("%s exited: %s%s" % (name, ret, ": " + said if said else ""))
+
+    return run
+
+
+_faasm_api()
+
+
 def _start():
     fn, tinyfaas, two = _load()
     code = getattr(fn, "__code__", None)
     if code is not None and code.co_flags & 0x80:  # CO_COROUTINE: an `async def` entry
         _make_loop()
+    if (os.environ.get("UFAAS_HANDLER") or "").partition(":")[2] == "faasm_main":
+        fn, tinyfaas, two = _faasm_entry(fn), False, True
     _send(_msg({"ready": True}))
     _serve(fn, tinyfaas, two)
 
