@@ -375,6 +375,14 @@ async fn ufaas_serve_exits_non_zero_on_an_exposed_address_without_a_token() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ufaas"))
         .args(["serve", "--listen", "0.0.0.0:0", "--db"])
         .arg(dir.path().join("ufaas.db"))
+        .args([
+            "--gateway-listen",
+            "off",
+            "--grpc-listen",
+            "off",
+            "--coap-listen",
+            "off",
+        ])
         .env_remove("UFAAS_TOKEN")
         .env_remove("UFAAS_TOKEN_FILE")
         .env_remove("UFAAS_INSECURE_NO_AUTH")

@@ -19,6 +19,14 @@ async fn spawn_server(db: &std::path::Path) -> (tokio::process::Child, String) {
             "127.0.0.1:0",
             "--max-concurrent",
             "1",
+            // tinyFaaS's doors have fixed default ports, which servers running side by side
+            // cannot share.
+            "--gateway-listen",
+            "off",
+            "--grpc-listen",
+            "off",
+            "--coap-listen",
+            "off",
             "--db",
         ])
         .arg(db)

@@ -63,6 +63,15 @@ impl Server {
         let mut child = StdCommand::new(UFAAS_BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(dir.path().join("ufaas.db"))
+            // tinyFaaS's doors have fixed default ports: none for a benchmark's servers.
+            .args([
+                "--gateway-listen",
+                "off",
+                "--grpc-listen",
+                "off",
+                "--coap-listen",
+                "off",
+            ])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

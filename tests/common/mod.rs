@@ -7,6 +7,8 @@
 //! JSON. `http` stays for tests that send what no well-behaved client would.
 #![allow(dead_code)]
 
+pub mod coap;
+
 use std::time::Duration;
 
 use serde_json::{json, Value};
