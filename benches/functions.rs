@@ -26,6 +26,9 @@
 //!   call (a container made, the runtime started, the code loaded, the call answered),
 //!   deletes it and waits, untimed, until its container is gone; vs `docker run --rm
 //!   --network none ufaas/python:3 python3 -c 'print(1)'`; in turn. No target.
+//! - tinyFaaS's gateway: `POST /echo` on `--gateway-listen` (a free port) of the same python
+//!   echo deployed as `default/echo`, vs `POST /functions/default/echo/invoke` on the main
+//!   listener; in turn. What the seed's door costs over section 5's route. No target.
 //! - database writes per warm invocation: `database_writes` on /readyz before and after the
 //!   timed invocations of the first row (the execs write nothing on the server). Expected 2.
 //!
@@ -78,8 +81,13 @@ fn client() -> Result<reqwest::Client> {
 
 /// PUT a python function and wait until `warm` containers are ready; its version.
 async fn deploy(server: &mut Server, name: &str, body: Value) -> Result<i64> {
+    deploy_in(server, NS, name, body).await
+}
+
+/// [`deploy`] in the namespace `ns`.
+async fn deploy_in(server: &mut Server, ns: &str, name: &str, body: Value) -> Result<i64> {
     let http = server.http().clone();
-    let url = format!("{}/functions/{NS}/{name}", server.base);
+    let url = format!("{}/functions/{ns}/{name}", server.base);
     let resp = http.put(&url).json(&body).send().await?;
     let status = resp.status().as_u16();
     let reply: Value = resp.json().await?;
@@ -91,7 +99,7 @@ async fn deploy(server: &mut Server, name: &str, body: Value) -> Result<i64> {
         .with_context(|| format!("no version in {reply}"))?;
     server
         .kept
-        .push(format!("ufaas.function={NS}/{name}@{version}"));
+        .push(format!("ufaas.function={ns}/{name}@{version}"));
     let warm = body["warm"].as_u64().unwrap_or(1);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -100,7 +108,7 @@ async fn deploy(server: &mut Server, name: &str, body: Value) -> Result<i64> {
             return Ok(version);
         }
         if Instant::now() > deadline {
-            bail!("{NS}/{name}: {warm} warm container(s) not ready in 120 s: {f}");
+            bail!("{ns}/{name}: {warm} warm container(s) not ready in 120 s: {f}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -292,10 +300,23 @@ async fn run() -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
+    // tinyFaaS's HTTP gateway on a port free a moment ago (the server prints only its main
+    // address).
+    let gateway_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let gateway_addr = format!("127.0.0.1:{gateway_port}");
     let mut server = Server::start(
         "functions",
         "FUNCTIONS_LOG_DIR",
-        &["--keep-alive", "3600", "--event-prune-every", "3600"],
+        &[
+            "--keep-alive",
+            "3600",
+            "--event-prune-every",
+            "3600",
+            "--gateway-listen",
+            &gateway_addr,
+        ],
     )
     .await?;
     let base = server.base.clone();
@@ -371,6 +392,37 @@ async fn run() -> Result<()> {
     print_row(rows.last().unwrap());
     notes.push(format!(
         "database writes: {writes} over {samples} warm invocations"
+    ));
+
+    // ---- 1b. the same call through tinyFaaS's gateway ------------------------------------------
+    deploy_in(
+        &mut server,
+        "default",
+        "echo",
+        json!({"runtime": "python", "code": ECHO}),
+    )
+    .await?;
+    let direct_url = format!("{base}/functions/default/echo/invoke");
+    let gateway_url = format!("http://{gateway_addr}/echo");
+    for _ in 0..warmup {
+        invoke(&http, &gateway_url, b"hi", Some(b"hi")).await?;
+        invoke(&http, &direct_url, b"hi", Some(b"hi")).await?;
+    }
+    let (mut via_gateway, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..samples {
+        via_gateway.push(invoke(&http, &gateway_url, b"hi", Some(b"hi")).await?);
+        direct.push(invoke(&http, &direct_url, b"hi", Some(b"hi")).await?);
+    }
+    let (via_gateway, direct) = (Samples::new(via_gateway), Samples::new(direct));
+    rows.push(latency_row(
+        "tinyFaaS gateway call, python fn(input) (vs section 5 invoke)",
+        &via_gateway,
+        &direct,
+    ));
+    print_row(rows.last().unwrap());
+    notes.push(format!(
+        "gateway: {samples} calls each way, in turn, after {warmup} warm-up pairs; the same \
+         function default/echo, one keep-alive client per listener"
     ));
 
     // ---- 2. throughput ---------------------------------------------------------------------------
