@@ -63,15 +63,14 @@ impl Server {
         let mut child = StdCommand::new(UFAAS_BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(dir.path().join("ufaas.db"))
-            // tinyFaaS's doors have fixed default ports: none for a benchmark's servers.
-            .args([
-                "--gateway-listen",
-                "off",
-                "--grpc-listen",
-                "off",
-                "--coap-listen",
-                "off",
-            ])
+            // tinyFaaS's doors have fixed default ports: none for a benchmark's servers
+            // unless the bench asks for one (clap refuses a flag given twice).
+            .args(
+                ["--gateway-listen", "--grpc-listen", "--coap-listen"]
+                    .into_iter()
+                    .filter(|door| !args.contains(door))
+                    .flat_map(|door| [door, "off"]),
+            )
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
