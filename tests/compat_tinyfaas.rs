@@ -908,7 +908,7 @@ async fn logs_keep_the_last_lines_within_a_bound() {
         cfg.max_output_bytes = 8 << 20;
     })
     .await;
-    let code = "def fn(input):\n    if input == 'wide':\n        for i in range(1000):\n            print('wide %04d ' % i + 'x' * 5000)\n    else:\n        for i in range(1500):\n            print('short', i)\n    return 'ok'\n";
+    let code = "def fn(input):\n    if input.startswith('call'):\n        print(input)\n    elif input == 'wide':\n        for i in range(1000):\n            print('wide %04d ' % i + 'x' * 5000)\n    else:\n        for i in range(1500):\n            print('short', i)\n    return 'ok'\n";
     for name in ["short", "wide"] {
         let zip = zip_of(&[("fn.py", code.as_bytes())]);
         let r = raw(s.http.post(s.url("/upload")).body(
@@ -950,6 +950,19 @@ async fn logs_keep_the_last_lines_within_a_bound() {
         logs("?name=short&tail=3").await,
         "short 1497\nshort 1498\nshort 1499\n"
     );
+    // Lines of several calls, in the order of the calls.
+    for i in 0..4 {
+        let r = raw(s
+            .http
+            .post(s.url("/functions/default/short/invoke"))
+            .body(format!("call {i}")))
+        .await;
+        assert_eq!((r.status, r.text.as_str()), (200, "ok"));
+    }
+    eventually(20, "the calls' logs", || async {
+        logs("?name=short&tail=5").await == "short 1499\ncall 0\ncall 1\ncall 2\ncall 3\n"
+    })
+    .await;
     // 1000 lines of 5 KB are 5 MB: the newest whole lines that fit in 4 MiB.
     eventually(20, "wide's logs", || async {
         logs("?name=wide").await.contains("wide 0999 ")
