@@ -899,3 +899,99 @@ async fn the_gateway_wants_the_token_when_tokens_are_configured() {
     assert!(h.get("Authorization").is_none(), "{h}");
     s.stop().await;
 }
+
+/// GET /logs is bounded: the last 1000 lines of each function (`?tail=` others), at most
+/// 4 MiB in all, whole lines, the newest kept.
+#[tokio::test]
+async fn logs_keep_the_last_lines_within_a_bound() {
+    let s = Server::start_with_doors(Doors::default(), |cfg| {
+        cfg.max_output_bytes = 8 << 20;
+    })
+    .await;
+    let code = "def fn(input):\n    if input.startswith('call'):\n        print(input)\n    elif input == 'wide':\n        for i in range(1000):\n            print('wide %04d ' % i + 'x' * 5000)\n    else:\n        for i in range(1500):\n            print('short', i)\n    return 'ok'\n";
+    for name in ["short", "wide"] {
+        let zip = zip_of(&[("fn.py", code.as_bytes())]);
+        let r = raw(s.http.post(s.url("/upload")).body(
+            json!({"name": name, "env": "python3", "threads": 1, "zip": b64(&zip)}).to_string(),
+        ))
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let r = raw(s
+            .http
+            .post(s.url(&format!("/functions/default/{name}/invoke")))
+            .body(name))
+        .await;
+        assert_eq!((r.status, r.text.as_str()), (200, "ok"));
+    }
+    const CAP: usize = 4 << 20;
+    let logs = |query: &'static str| {
+        let s = &s;
+        async move {
+            let r = raw(s.http.get(s.url(&format!("/logs{query}")))).await;
+            assert_eq!(
+                r.status,
+                200,
+                "{query}: {}",
+                &r.text[..r.text.len().min(200)]
+            );
+            r.text
+        }
+    };
+    eventually(20, "short's logs", || async {
+        logs("?name=short").await.ends_with("short 1499\n")
+    })
+    .await;
+    // The last 1000 of its 1500 lines.
+    let text = logs("?name=short").await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1000);
+    assert_eq!((lines[0], lines[999]), ("short 500", "short 1499"));
+    assert_eq!(
+        logs("?name=short&tail=3").await,
+        "short 1497\nshort 1498\nshort 1499\n"
+    );
+    // Lines of several calls, in the order of the calls.
+    for i in 0..4 {
+        let r = raw(s
+            .http
+            .post(s.url("/functions/default/short/invoke"))
+            .body(format!("call {i}")))
+        .await;
+        assert_eq!((r.status, r.text.as_str()), (200, "ok"));
+    }
+    eventually(20, "the calls' logs", || async {
+        logs("?name=short&tail=5").await == "short 1499\ncall 0\ncall 1\ncall 2\ncall 3\n"
+    })
+    .await;
+    // 1000 lines of 5 KB are 5 MB: the newest whole lines that fit in 4 MiB.
+    eventually(20, "wide's logs", || async {
+        logs("?name=wide").await.contains("wide 0999 ")
+    })
+    .await;
+    let text = logs("?name=wide").await;
+    assert!(
+        text.len() <= CAP && text.len() > CAP - 5100,
+        "{}",
+        text.len()
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines
+        .iter()
+        .all(|l| l.len() == 5010 && l.starts_with("wide ")));
+    assert!(lines[lines.len() - 1].starts_with("wide 0999 "));
+    assert!(lines[0].starts_with(&format!("wide {:04} ", 1000 - lines.len())));
+    // Every function: still at most 4 MiB, ending with the last one's newest line.
+    let text = logs("").await;
+    assert!(text.len() <= CAP, "{}", text.len());
+    assert!(
+        text.ends_with("short 1499\n") || text.contains("wide 0999 "),
+        "{}",
+        &text[text.len().saturating_sub(100)..]
+    );
+    // A bad tail.
+    for tail in ["0", "10001", "x", "-1", ""] {
+        let r = raw(s.http.get(s.url(&format!("/logs?name=short&tail={tail}")))).await;
+        r.assert_error(400, "invalid_query", Some("tail"));
+    }
+    s.stop().await;
+}

@@ -633,6 +633,45 @@ impl Store {
             .collect()
     }
 
+    /// What the newest ended invocations of `function` that printed anything printed, newest
+    /// first, reading only what a tail of `chars` characters needs: at most `limit` of them,
+    /// none wholly older than the newest `chars` characters, and each stream cut to its last
+    /// `chars` characters; so about three times `chars` at most, however much they printed.
+    pub async fn function_log_tail(
+        &self,
+        function: &str,
+        limit: u32,
+        chars: u32,
+    ) -> Result<Vec<LoggedTask>, StoreError> {
+        // `newer`: how much the newer ones printed; the contents are read only for the rows
+        // kept, and cut (a negative substr start counts from the end).
+        let rows: Vec<(String, Option<String>, String, String)> = sqlx::query_as(
+            "SELECT t.id, t.finished_at, substr(t.stdout, -?1), substr(t.stderr, -?1) \
+             FROM tasks t JOIN (SELECT num, SUM(len) OVER (ORDER BY num DESC) - len AS newer \
+             FROM (SELECT num, length(stdout) + length(stderr) AS len FROM tasks \
+             WHERE function = ?2 AND finished_at IS NOT NULL AND (stdout != '' OR stderr != '') \
+             ORDER BY num DESC LIMIT ?3)) w ON t.num = w.num \
+             WHERE w.newer < ?1 ORDER BY t.num DESC",
+        )
+        .bind(i64::from(chars))
+        .bind(function)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, at, stdout, stderr)| {
+                Ok(LoggedTask {
+                    task_id: id
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("task id {id}")))?,
+                    at: at.unwrap_or_default(),
+                    stdout,
+                    stderr,
+                })
+            })
+            .collect()
+    }
+
     /// Sets a sealed secret.
     pub async fn put_secret(
         &self,

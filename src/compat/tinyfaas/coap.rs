@@ -7,7 +7,8 @@
 //!   token); a non-confirmable one a NON answer with the same token.
 //! - A message id seen again from the same peer (a retransmission) is answered from a cache
 //!   of recent answers, and never invokes twice; while the first is still running the copy is
-//!   dropped (the client retransmits until the piggybacked answer comes).
+//!   dropped (the client retransmits until the piggybacked answer comes). A running call is
+//!   never forgotten: past [`RUNNING_CAPACITY`] calls at once a new request is 5.03.
 //! - Answers larger than one block go out with Block2 (RFC 7959), inputs may come with
 //!   Block1, both through coap-lite's `BlockHandler`; an input beyond [`MAX_INPUT`] is 4.13.
 //! - Codes: 4.00 for a path that names no function, 4.04 for an unknown one, 4.05 for a
@@ -21,7 +22,7 @@
 //!
 //! Each call runs on a task of its own, so a slow function never holds the socket.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,8 +48,12 @@ pub const MAX_INPUT: usize = 1 << 20;
 /// How long an answer is kept for retransmissions: RFC 7252's EXCHANGE_LIFETIME.
 const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 
-/// How many recent exchanges are remembered; the oldest go first beyond that.
+/// How many recent answers are remembered; the oldest go first beyond that.
 const SEEN_CAPACITY: usize = 4096;
+
+/// How many calls may run at once on the door; a new request beyond that is answered 5.03
+/// rather than forgetting a running one (whose retransmission would then run it twice).
+const RUNNING_CAPACITY: usize = 4096;
 
 /// Serves calls on `socket` until `stop` is cancelled.
 pub async fn serve(
@@ -148,19 +153,40 @@ impl Door {
                 return;
             }
             Exchange::Running => return,
+            Exchange::Busy => {
+                let non = packet.header.get_type() == MessageType::NonConfirmable;
+                let mut request = CoapRequest::from_packet(packet, peer);
+                fail(
+                    &mut request,
+                    ResponseType::ServiceUnavailable,
+                    "too many calls are running on this CoAP door: try again later",
+                );
+                let answer = self.reply(request, non);
+                // Not remembered: a retransmission is asked again.
+                match answer.to_bytes_with_limit(MAX_DATAGRAM) {
+                    Ok(b) => self.send(b, peer),
+                    Err(e) => tracing::warn!(error = ?e, "a CoAP answer could not be written"),
+                }
+                return;
+            }
             Exchange::New => {}
         }
         tokio::spawn(async move {
+            let pending = Pending {
+                door: self.clone(),
+                key,
+            };
             let answer = self.answer(packet, peer).await;
             let bytes = match answer.to_bytes_with_limit(MAX_DATAGRAM) {
                 Ok(b) => b,
                 Err(e) => {
+                    // `pending` forgets it.
                     tracing::warn!(error = ?e, "a CoAP answer could not be written");
-                    lock(&self.seen).forget(key);
                     return;
                 }
             };
             lock(&self.seen).answered(key, bytes.clone(), Instant::now());
+            drop(pending);
             if let Err(e) = self.socket.send_to(&bytes, peer).await {
                 tracing::debug!(error = %e, %peer, "CoAP send failed");
             }
@@ -180,6 +206,11 @@ impl Door {
         let non = packet.header.get_type() == MessageType::NonConfirmable;
         let mut request = CoapRequest::from_packet(packet, peer);
         self.respond(&mut request, peer).await;
+        self.reply(request, non)
+    }
+
+    /// The message of `request`'s response; a NON gets a message id of its own.
+    fn reply(&self, request: CoapRequest<SocketAddr>, non: bool) -> Packet {
         let mut answer = match request.response {
             Some(r) => r.message,
             // from_packet answers every CON and NON, the only types that reach here.
@@ -361,41 +392,49 @@ enum Exchange {
     Running,
     /// Answered: the answer to send again.
     Answered(Vec<u8>),
+    /// Never seen, but [`RUNNING_CAPACITY`] calls are running: not taken (5.03).
+    Busy,
 }
 
-/// Recent exchanges, by peer and message id, for at most [`EXCHANGE_LIFETIME`] and
-/// [`SEEN_CAPACITY`] of them.
+/// Recent exchanges, by peer and message id: those running until they are answered (never
+/// evicted, or a retransmission would run the call again), and the answers for
+/// [`EXCHANGE_LIFETIME`], at most [`SEEN_CAPACITY`] of them.
 #[derive(Default)]
 struct Seen {
-    /// When it came, and its answer once there is one.
-    map: HashMap<Key, (Instant, Option<Vec<u8>>)>,
+    running: HashSet<Key>,
+    answered: HashMap<Key, (Instant, Vec<u8>)>,
+    /// Answers by the time they were made, oldest first.
     order: VecDeque<(Instant, Key)>,
 }
 
 impl Seen {
     fn check(&mut self, key: Key, now: Instant) -> Exchange {
         self.expire(now);
-        match self.map.get(&key) {
-            Some((_, Some(bytes))) => Exchange::Answered(bytes.clone()),
-            Some((_, None)) => Exchange::Running,
-            None => {
-                self.map.insert(key, (now, None));
-                self.order.push_back((now, key));
-                self.expire(now);
-                Exchange::New
-            }
+        if self.running.contains(&key) {
+            return Exchange::Running;
         }
+        if let Some((_, bytes)) = self.answered.get(&key) {
+            return Exchange::Answered(bytes.clone());
+        }
+        if self.running.len() >= RUNNING_CAPACITY {
+            return Exchange::Busy;
+        }
+        self.running.insert(key);
+        Exchange::New
     }
 
     fn answered(&mut self, key: Key, bytes: Vec<u8>, now: Instant) {
-        if let Some(entry) = self.map.get_mut(&key) {
-            entry.1 = Some(bytes);
+        if self.running.remove(&key) {
+            self.answered.insert(key, (now, bytes));
+            self.order.push_back((now, key));
         }
         self.expire(now);
     }
 
+    /// Drops a running exchange that will have no answer (a later copy runs anew); an
+    /// answered one stays.
     fn forget(&mut self, key: Key) {
-        self.map.remove(&key);
+        self.running.remove(&key);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -405,11 +444,24 @@ impl Seen {
                 break;
             }
             self.order.pop_front();
-            // Only the entry made at that time: a key forgotten and seen again is newer.
-            if self.map.get(&key).is_some_and(|(t, _)| *t == at) {
-                self.map.remove(&key);
+            // Only the answer made at that time.
+            if self.answered.get(&key).is_some_and(|(t, _)| *t == at) {
+                self.answered.remove(&key);
             }
         }
+    }
+}
+
+/// Forgets its exchange when dropped unless it was answered: a call task that ends without
+/// an answer (it panicked) leaves no entry running for ever.
+struct Pending {
+    door: Arc<Door>,
+    key: Key,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        lock(&self.door.seen).forget(self.key);
     }
 }
 
@@ -436,19 +488,61 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_keeps_at_most_its_capacity() {
+    fn the_cache_keeps_at_most_its_capacity_of_answers() {
         let mut seen = Seen::default();
         let t = Instant::now();
         for id in 0..(SEEN_CAPACITY as u16 + 10) {
-            seen.check((peer(1), id), t);
+            assert_eq!(seen.check((peer(1), id), t), Exchange::New);
+            seen.answered((peer(1), id), vec![1], t);
         }
-        assert_eq!(seen.map.len(), SEEN_CAPACITY);
+        assert_eq!(seen.answered.len(), SEEN_CAPACITY);
+        assert_eq!(seen.order.len(), SEEN_CAPACITY);
         // The oldest went first.
         assert_eq!(seen.check((peer(1), 0), t), Exchange::New);
         assert_eq!(
             seen.check((peer(1), SEEN_CAPACITY as u16 + 9), t),
-            Exchange::Running
+            Exchange::Answered(vec![1])
         );
+    }
+
+    #[test]
+    fn a_running_exchange_is_never_evicted() {
+        let mut seen = Seen::default();
+        let t = Instant::now();
+        let slow = (peer(9), 1);
+        assert_eq!(seen.check(slow, t), Exchange::New);
+        // Many other calls come and are answered, more than the cache keeps, and time passes.
+        for id in 0..(SEEN_CAPACITY as u16 + 10) {
+            assert_eq!(seen.check((peer(1), id), t), Exchange::New);
+            seen.answered((peer(1), id), vec![1], t);
+        }
+        let later = t + EXCHANGE_LIFETIME + Duration::from_secs(1);
+        // Its retransmission is still a copy of a running call, not a new one.
+        assert_eq!(seen.check(slow, later), Exchange::Running);
+        seen.answered(slow, vec![2], later);
+        assert_eq!(seen.check(slow, later), Exchange::Answered(vec![2]));
+    }
+
+    #[test]
+    fn past_its_running_capacity_a_new_exchange_is_busy() {
+        let mut seen = Seen::default();
+        let t = Instant::now();
+        let key = |i: usize| (peer(1 + (i / 60_000) as u16), (i % 60_000) as u16);
+        for i in 0..RUNNING_CAPACITY {
+            assert_eq!(seen.check(key(i), t), Exchange::New);
+        }
+        let extra = (peer(999), 1);
+        assert_eq!(seen.check(extra, t), Exchange::Busy);
+        // A busy answer is not remembered: asked again it is still busy, not running.
+        assert_eq!(seen.check(extra, t), Exchange::Busy);
+        // The running ones still are, and are answered.
+        assert_eq!(seen.check(key(0), t), Exchange::Running);
+        seen.answered(key(0), vec![3], t);
+        assert_eq!(seen.check(extra, t), Exchange::New);
+        // One forgotten (no answer could be written) frees its place too.
+        seen.forget(key(1));
+        assert_eq!(seen.check((peer(1000), 1), t), Exchange::New);
+        assert_eq!(seen.check((peer(1000), 2), t), Exchange::Busy);
     }
 
     #[test]

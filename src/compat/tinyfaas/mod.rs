@@ -29,6 +29,7 @@ use crate::error::{ApiError, Code};
 use crate::functions::spec::{self, Runtime};
 use crate::functions::{DeployError, Functions};
 use crate::http::{body_limited, error_reply, parse_json, query_get, Query};
+use crate::store::LoggedTask;
 
 pub mod coap;
 pub mod gateway;
@@ -857,12 +858,30 @@ async fn wipe(f: Arc<Functions>) -> Response {
     }
 }
 
-/// How many of a function's calls with output `/logs` reads, newest.
-const LOG_CALLS: u32 = 1000;
+/// Lines `/logs` shows per function, its last ones, unless `?tail=` asks for others.
+const LOG_LINES: u32 = 1000;
 
-/// GET /logs[?name=]: what the function (else every function of `default`, one after the
-/// other) printed, as text lines, oldest first.
+/// The most `/logs` answers, in bytes: past it the first lines (the first functions', the
+/// oldest) go, so a function that printed much never costs more memory than this.
+const LOG_BYTES: usize = 4 << 20;
+
+/// GET /logs[?name=][&tail=]: what the function (else every function of `default`, one after
+/// the other) printed, as text lines, oldest first: the last `tail` lines of each (default
+/// [`LOG_LINES`]), at most [`LOG_BYTES`] in all.
 async fn logs(f: Arc<Functions>, q: Query) -> Response {
+    let tail = match query_get(&q, "tail") {
+        None => LOG_LINES,
+        Some(t) => match t.parse::<u32>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => {
+                return error_reply(ApiError::bad_request(
+                    Code::InvalidQuery,
+                    "tail",
+                    "`tail` must be a whole number from 1 to 10000",
+                ))
+            }
+        },
+    };
     let names: Vec<String> = match query_get(&q, "name").filter(|n| !n.is_empty()) {
         Some(n) => {
             if f.get(NS, n).is_none() {
@@ -879,26 +898,54 @@ async fn logs(f: Arc<Functions>, q: Query) -> Response {
             .map(|d| d.name.clone())
             .collect(),
     };
-    let mut out = String::new();
-    for name in names {
+    // The last functions first, so that what the budget leaves out is the answer's start.
+    let mut parts = Vec::new();
+    let mut left = LOG_BYTES;
+    for name in names.iter().rev() {
+        if left == 0 {
+            break;
+        }
+        // One character more than fits: a stream cut there can never show its cut first line.
+        let chars = u32::try_from(left + 1).unwrap_or(u32::MAX);
         let tasks = match f
             .store()
-            .function_logs(&format!("{NS}/{name}"), None, None, LOG_CALLS)
+            .function_log_tail(&format!("{NS}/{name}"), tail, chars)
             .await
         {
             Ok(t) => t,
             Err(e) => return error_reply(ApiError::from(e)),
         };
-        for t in tasks.iter().rev() {
-            for text in [&t.stdout, &t.stderr] {
-                for line in text.lines() {
-                    out.push_str(line);
-                    out.push('\n');
+        let part = log_tail(&tasks, tail as usize, left);
+        left -= part.len();
+        parts.push(part);
+    }
+    parts.reverse();
+    text_reply(parts.concat())
+}
+
+/// The last `lines` lines of what `tasks` (newest first) printed, each task's stdout then
+/// its stderr, oldest first, each ending in a newline: whole lines only, at most `bytes` in
+/// all (a longer line ends the tail).
+fn log_tail(tasks: &[LoggedTask], lines: usize, bytes: usize) -> String {
+    let mut kept = Vec::new();
+    let mut size = 0;
+    'tasks: for t in tasks {
+        for text in [&t.stderr, &t.stdout] {
+            for line in text.lines().rev() {
+                if kept.len() == lines || size + line.len() + 1 > bytes {
+                    break 'tasks;
                 }
+                size += line.len() + 1;
+                kept.push(line);
             }
         }
     }
-    text_reply(out)
+    let mut out = String::with_capacity(size);
+    for line in kept.iter().rev() {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -907,6 +954,32 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn logged(stdout: &str, stderr: &str) -> LoggedTask {
+        LoggedTask {
+            task_id: crate::model::TaskId::new(),
+            at: String::new(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn the_logs_tail_keeps_the_last_lines_within_the_bytes() {
+        // Newest first: the newest task printed "e" and "f" (stderr).
+        let tasks = [logged("d\ne\n", "f\n"), logged("a\nb", "c")];
+        assert_eq!(log_tail(&tasks, 100, 1000), "a\nb\nc\nd\ne\nf\n");
+        assert_eq!(log_tail(&tasks, 4, 1000), "c\nd\ne\nf\n");
+        assert_eq!(log_tail(&tasks, 1, 1000), "f\n");
+        // Bytes: each line counts its newline; the newest are kept, whole.
+        assert_eq!(log_tail(&tasks, 100, 6), "d\ne\nf\n");
+        assert_eq!(log_tail(&tasks, 100, 7), "d\ne\nf\n");
+        assert_eq!(log_tail(&tasks, 100, 0), "");
+        // A line longer than what is left ends the tail, never cut.
+        let long = [logged("old\n", "0123456789\nnew\n")];
+        assert_eq!(log_tail(&long, 100, 10), "new\n");
+        assert_eq!(log_tail(&[], 100, 10), "");
     }
 
     #[test]
