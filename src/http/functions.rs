@@ -531,6 +531,10 @@ async fn run_pipeline(f: Arc<Functions>, q: Query, headers: HeaderMap, body: Byt
     }
 }
 
+/// The most of each call's output the logs route reads: the route's answer stays bounded
+/// however much its calls printed (each up to `--max-output-bytes` a stream).
+const LOG_CHARS: u32 = 4 << 20;
+
 /// GET /functions/{ns}/{name}/logs?tail=&since=&task=
 async fn logs(ns: String, name: String, f: Arc<Functions>, q: Query) -> Response {
     let parsed = (|| {
@@ -581,7 +585,7 @@ async fn logs(ns: String, name: String, f: Arc<Functions>, q: Query) -> Response
     let function = format!("{ns}/{name}");
     let tasks = match f
         .store()
-        .function_logs(&function, task, since.as_deref(), tail)
+        .function_log_tail(&function, task, since.as_deref(), tail, LOG_CHARS)
         .await
     {
         Ok(t) => t,
@@ -591,7 +595,9 @@ async fn logs(ns: String, name: String, f: Arc<Functions>, q: Query) -> Response
     let mut lines = Vec::new();
     for t in tasks.iter().rev() {
         for (stream, text) in [("stdout", &t.stdout), ("stderr", &t.stderr)] {
-            for line in text.lines() {
+            // A stream as long as the cap was cut by it: its first line may be a part.
+            let skip = usize::from(text.chars().count() >= LOG_CHARS as usize);
+            for line in text.lines().skip(skip) {
                 lines.push(
                     json!({"at": t.at, "task_id": t.task_id, "stream": stream, "line": line}),
                 );

@@ -597,49 +597,16 @@ impl Store {
         rows.into_iter().map(TaskRecord::try_from).collect()
     }
 
-    /// Ended invocations of `function` with what they printed, newest first: at most
-    /// `limit`, only `task` when given, only those ended at or after `since`.
-    pub async fn function_logs(
-        &self,
-        function: &str,
-        task: Option<TaskId>,
-        since: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<LoggedTask>, StoreError> {
-        let rows: Vec<(String, Option<String>, String, String)> = sqlx::query_as(
-            "SELECT id, finished_at, stdout, stderr FROM tasks WHERE function = ? \
-             AND finished_at IS NOT NULL AND (? IS NULL OR id = ?) AND (? IS NULL OR finished_at >= ?) \
-             AND (stdout != '' OR stderr != '') ORDER BY num DESC LIMIT ?",
-        )
-        .bind(function)
-        .bind(task.map(|t| t.to_string()))
-        .bind(task.map(|t| t.to_string()))
-        .bind(since)
-        .bind(since)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(id, at, stdout, stderr)| {
-                Ok(LoggedTask {
-                    task_id: id
-                        .parse()
-                        .map_err(|_| StoreError::Corrupt(format!("task id {id}")))?,
-                    at: at.unwrap_or_default(),
-                    stdout,
-                    stderr,
-                })
-            })
-            .collect()
-    }
-
     /// What the newest ended invocations of `function` that printed anything printed, newest
-    /// first, reading only what a tail of `chars` characters needs: at most `limit` of them,
-    /// none wholly older than the newest `chars` characters, and each stream cut to its last
+    /// first (only task `task`, and only those ended at `since` or later, when given),
+    /// reading only what a tail of `chars` characters needs: at most `limit` of them, none
+    /// wholly older than the newest `chars` characters, and each stream cut to its last
     /// `chars` characters; so about three times `chars` at most, however much they printed.
     pub async fn function_log_tail(
         &self,
         function: &str,
+        task: Option<TaskId>,
+        since: Option<&str>,
         limit: u32,
         chars: u32,
     ) -> Result<Vec<LoggedTask>, StoreError> {
@@ -650,12 +617,15 @@ impl Store {
              FROM tasks t JOIN (SELECT num, SUM(len) OVER (ORDER BY num DESC) - len AS newer \
              FROM (SELECT num, length(stdout) + length(stderr) AS len FROM tasks \
              WHERE function = ?2 AND finished_at IS NOT NULL AND (stdout != '' OR stderr != '') \
+             AND (?4 IS NULL OR id = ?4) AND (?5 IS NULL OR finished_at >= ?5) \
              ORDER BY num DESC LIMIT ?3)) w ON t.num = w.num \
              WHERE w.newer < ?1 ORDER BY t.num DESC",
         )
         .bind(i64::from(chars))
         .bind(function)
         .bind(i64::from(limit))
+        .bind(task.map(|t| t.to_string()))
+        .bind(since)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()

@@ -909,7 +909,7 @@ async fn logs(f: Arc<Functions>, q: Query) -> Response {
         let chars = u32::try_from(left + 1).unwrap_or(u32::MAX);
         let tasks = match f
             .store()
-            .function_log_tail(&format!("{NS}/{name}"), tail, chars)
+            .function_log_tail(&format!("{NS}/{name}"), None, None, tail, chars)
             .await
         {
             Ok(t) => t,
