@@ -7,8 +7,9 @@
 //! message. Sync calls answer the output followed by what the function printed; async ones a
 //! decimal call id (stored, mapped to the task) that `{"id", "status": true}` polls. State
 //! (`/s/`) is the store's, the same a function reads and writes through `pyfaasm.core`
-//! (`crate::functions::host`); files (`/file`) are placed read-only in Faasm functions'
-//! containers by the same module. Errors are ufaas's `{"code", "message", "field"}` (the seed
+//! (`crate::functions::host`); files (`/file`) are placed (mode 0444) in Faasm functions'
+//! containers by the same module, which this one asks whether a path can be placed before
+//! storing it. Errors are ufaas's `{"code", "message", "field"}` (the seed
 //! documents no error shape of its own).
 
 use std::sync::Arc;

@@ -15,9 +15,12 @@
 //! - `write_state` `{key, data}`; `write_state_offset` `{key, total, offset, data}`;
 //! - `chain` `{entry | idx, input}` → `{"id"}`: a new invocation of the same function (its
 //!   own task), running the file's function `entry` (or `faasm_main` with `idx`), and its
-//!   Faasm call id;
+//!   Faasm call id; at most [`MAX_CHAIN_DEPTH`] calls deep;
 //! - `await` `{id}` → `{"code"}`: waits for call `id` (of the same user) to end; 0 when it
-//!   succeeded, else the code it returned (1 when it failed otherwise).
+//!   succeeded, else the code it returned (1 when it failed otherwise). While it waits, the
+//!   awaited function may run one container past `max_containers` (`Pool::enter_await`).
+//!
+//! State writes are refused past the user's quota (`crate::store::faasm`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
