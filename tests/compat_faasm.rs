@@ -795,3 +795,203 @@ def faasm_main():
     );
     s.stop().await;
 }
+
+/// The containers a function has now (ready, busy and starting).
+async fn containers_of(s: &Server, path: &str) -> u64 {
+    let v = s.get(path).await.body;
+    let c = &v["containers"];
+    ["ready", "busy", "starting"]
+        .iter()
+        .map(|k| c[k].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test]
+async fn chains_are_bounded_in_depth_and_in_containers() {
+    let s = Server::start().await;
+    // Each level chains the next and awaits it; the one that may not chain says so in state.
+    let deep = r#"from pyfaasm.core import chain, await_call, write_output, write_state, read_state, read_state_size
+
+
+def deeper(input_bytes):
+    n = int(input_bytes)
+    try:
+        call = chain(deeper, str(n + 1).encode())
+    except RuntimeError as e:
+        write_state("refused", "{}: {}".format(n, e).encode())
+        return 0
+    return await_call(call)
+
+
+def faasm_main():
+    code = await_call(chain(deeper, b"1"))
+    said = read_state("refused", read_state_size("refused"))
+    write_output("{} {}".format(code, said.decode()).encode())
+"#;
+    let d = s
+        .put(
+            "/functions/demo/deep",
+            &json!({"runtime": "python", "code": deep, "handler": "fn.py:faasm_main",
+                    "max_containers": 1, "concurrency": 4, "timeout": 240}),
+        )
+        .await;
+    assert_eq!(d.status, 201, "{}", d.body);
+    let r = post(&s, &json!({"user": "demo", "function": "deep"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // faasm_main is 0 deep, the calls it chains 1 to 16: the 16th may not chain.
+    assert!(
+        r.text()
+            .starts_with("0 16: pyfaasm.core: chain: chains go at most 16 calls deep"),
+        "{}",
+        r.text()
+    );
+    // Blocked callers let the pool pass max_containers, one container for each, no more:
+    // 17 calls of 4 workers per container hold at most 5.
+    assert!(containers_of(&s, "/functions/demo/deep").await <= 5);
+
+    // Chained calls nobody awaits queue as any other: max_containers 1 stays 1.
+    let fan = r#"from pyfaasm.core import chain, write_output
+
+
+def noop(input_bytes):
+    return 0
+
+
+def faasm_main():
+    ids = [chain(noop, b"") for _ in range(20)]
+    write_output(" ".join(str(i) for i in ids).encode())
+"#;
+    let d = s
+        .put(
+            "/functions/demo/fan",
+            &json!({"runtime": "python", "code": fan, "handler": "fn.py:faasm_main",
+                    "max_containers": 1, "concurrency": 1, "timeout": 60}),
+        )
+        .await;
+    assert_eq!(d.status, 201, "{}", d.body);
+    let r = post(&s, &json!({"user": "demo", "function": "fan"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ids: Vec<i64> = r
+        .text()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(ids.len(), 20, "{}", r.text());
+    for id in ids {
+        assert_eq!(status_until_ended(&s, id).await, "SUCCESS: ");
+        let n = containers_of(&s, "/functions/demo/fan").await;
+        assert!(n <= 1, "{n} containers for max_containers 1");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn files_under_a_read_only_root_and_files_that_cannot_be_placed() {
+    let s = Server::start_with(|cfg| cfg.read_only_root = true).await;
+    let put = |path: &'static str, body: &'static str| {
+        raw(s
+            .http
+            .put(s.url("/file"))
+            .header("FilePath", path)
+            .body(body))
+    };
+    // Refused at once: no container could take it.
+    for bad in ["/data/in.txt", "/etc/motd", "/tmp"] {
+        put(bad, "x")
+            .await
+            .assert_error(400, "invalid_header", Some("FilePath"));
+        raw(s.http.get(s.url("/file")).header("FilePath", bad))
+            .await
+            .assert_error(404, "not_found", Some("FilePath"));
+    }
+    // `/tmp/a` then `/tmp/a/b`: the second cannot be placed once the first is (a file is
+    // no directory). It is passed over; the files after it still arrive.
+    for (path, body) in [("/tmp/a", "A"), ("/tmp/a/b", "B"), ("/tmp/c", "C")] {
+        let r = put(path, body).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    // A relative path that names the function's own code is stored but never replaces it.
+    let r = put("fn.py", "not the code").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let code = r#"import os
+from pyfaasm.core import write_output, get_input
+
+
+def faasm_main():
+    names = get_input().decode().split()
+    out = []
+    for n in names:
+        try:
+            with open(n, "rb") as f:
+                out.append(f.read().decode()[:20])
+        except OSError as e:
+            out.append(type(e).__name__)
+    write_output("|".join(out).encode())
+"#;
+    upload(&s, "demo", "files", code).await;
+    let read = |names: &'static str| {
+        raw(s
+            .http
+            .post(s.url("/"))
+            .json(&json!({"user": "demo", "function": "files", "input_data": names})))
+    };
+    let r = read("/tmp/a /tmp/c fn.py").await;
+    assert_eq!((r.status, r.text()), (200, format!("A|C|{}", &code[..20])));
+    // Uploaded while the container is warm: the same.
+    for (path, body) in [("/tmp/c/d", "D"), ("/tmp/e", "E"), ("fn.py", "again")] {
+        let r = put(path, body).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+    let r = read("/tmp/c /tmp/e fn.py").await;
+    assert_eq!((r.status, r.text()), (200, format!("C|E|{}", &code[..20])));
+    // What was stored is still there for GET /file.
+    let r = raw(s.http.get(s.url("/file")).header("FilePath", "fn.py")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "again"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn state_has_a_quota_per_user() {
+    let s = Server::start().await;
+    // Writes new keys until one is refused: the function sees why.
+    let code = r#"from pyfaasm.core import write_state, write_output
+
+
+def faasm_main():
+    n = 0
+    try:
+        while n < 20000:
+            write_state("k{}".format(n), b"v")
+            n += 1
+        said = "never refused"
+    except RuntimeError as e:
+        said = str(e)
+    write_output("{} {}".format(n, said).encode())
+"#;
+    let d = s
+        .put(
+            "/functions/demo/fill",
+            &json!({"runtime": "python", "code": code, "handler": "fn.py:faasm_main",
+                    "timeout": 300}),
+        )
+        .await;
+    assert_eq!(d.status, 201, "{}", d.body);
+    let r = post(&s, &json!({"user": "demo", "function": "fill"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().starts_with("10000 pyfaasm.core: write_state: "),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("10000 keys"), "{}", r.text());
+    // Over HTTP: a new key is refused (413); an existing one may still change; another
+    // user's state is its own.
+    raw(s.http.put(s.url("/s/demo/one_more")).body("x"))
+        .await
+        .assert_error(413, "payload_too_large", None);
+    let r = raw(s.http.put(s.url("/s/demo/k0")).body("changed")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = raw(s.http.put(s.url("/s/other/k0")).body("x")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    s.stop().await;
+}

@@ -7,8 +7,9 @@
 //! message. Sync calls answer the output followed by what the function printed; async ones a
 //! decimal call id (stored, mapped to the task) that `{"id", "status": true}` polls. State
 //! (`/s/`) is the store's, the same a function reads and writes through `pyfaasm.core`
-//! (`crate::functions::host`); files (`/file`) are placed read-only in Faasm functions'
-//! containers by the same module. Errors are ufaas's `{"code", "message", "field"}` (the seed
+//! (`crate::functions::host`); files (`/file`) are placed (mode 0444) in Faasm functions'
+//! containers by the same module, which this one asks whether a path can be placed before
+//! storing it. Errors are ufaas's `{"code", "message", "field"}` (the seed
 //! documents no error shape of its own).
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::error::{ApiError, Code};
-use crate::functions::host::{check_key, FAASM_ENTRY};
+use crate::functions::host::{check_key, placeable, FAASM_ENTRY};
 use crate::functions::invoke::{Call, Failure, Invoked, Refusal};
 use crate::functions::pool::CODE_DIR;
 use crate::functions::spec::{check_name, Runtime};
@@ -317,6 +318,14 @@ async fn put_file(f: Arc<Functions>, headers: HeaderMap, body: Bytes) -> Respons
         Ok(p) => p,
         Err(e) => return error_reply(e),
     };
+    // A file the containers could never take is refused now, not stored to fail later.
+    if let Err(why) = placeable(&path, f.runner().config().read_only_root) {
+        return error_reply(ApiError::bad_request(
+            Code::InvalidHeader,
+            "FilePath",
+            format!("`FilePath` {path} cannot be placed: {why}"),
+        ));
+    }
     // Stored, then placed in the warm containers, before the answer; on a task of its own.
     let done = tokio::spawn(async move {
         let stored = f.store().put_faasm_file(&path, &body).await;

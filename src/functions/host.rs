@@ -15,9 +15,12 @@
 //! - `write_state` `{key, data}`; `write_state_offset` `{key, total, offset, data}`;
 //! - `chain` `{entry | idx, input}` → `{"id"}`: a new invocation of the same function (its
 //!   own task), running the file's function `entry` (or `faasm_main` with `idx`), and its
-//!   Faasm call id;
+//!   Faasm call id; at most [`MAX_CHAIN_DEPTH`] calls deep;
 //! - `await` `{id}` → `{"code"}`: waits for call `id` (of the same user) to end; 0 when it
-//!   succeeded, else the code it returned (1 when it failed otherwise).
+//!   succeeded, else the code it returned (1 when it failed otherwise). While it waits, the
+//!   awaited function may run one container past `max_containers` (`Pool::enter_await`).
+//!
+//! State writes are refused past the user's quota (`crate::store::faasm`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,9 +32,11 @@ use serde_json::{json, Value};
 
 use super::invoke::{Call, Refusal};
 use super::pool::{WarmContainer, CODE_DIR};
-use super::spec::Runtime;
+use super::spec::{entry_kind, BundleFile, EntryKind, Runtime};
 use super::{Deployed, Functions};
 use crate::model::{TaskRecord, TaskState};
+use crate::runner::{writable_roots, PlaceError};
+use crate::store::FaasmFile;
 
 /// The entry point that makes a Python function a Faasm function.
 pub const FAASM_ENTRY: &str = "faasm_main";
@@ -39,6 +44,11 @@ pub const FAASM_ENTRY: &str = "faasm_main";
 pub const CHAIN_HEADER: &str = "x-faasm-chain";
 /// The header of a chained call giving `get_function_idx()` (Faasm's older chaining).
 pub const IDX_HEADER: &str = "x-faasm-idx";
+/// The header of a chained call saying how deep in a chain it is (1 for a call chained by
+/// a call made from outside). Set by the server; a handler cannot choose it.
+pub const DEPTH_HEADER: &str = "x-faasm-depth";
+/// How deep chains go: a call this deep may not chain.
+pub const MAX_CHAIN_DEPTH: u32 = 16;
 /// The longest state key.
 pub const KEY_MAX: usize = 1024;
 
@@ -63,6 +73,16 @@ pub fn check_key(key: &str) -> Result<(), String> {
         return Err("a state key must not hold NUL".into());
     }
     Ok(())
+}
+
+/// How deep in a chain the call with `headers` is: 0 for one made from outside (whatever
+/// it sent that is not a number).
+pub fn chain_depth(headers: &[(String, String)]) -> u32 {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(DEPTH_HEADER))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Bytes `offset..offset+len` of `value`, zeros past its end.
@@ -131,11 +151,15 @@ impl Functions {
     pub(super) async fn host_op(
         self: &Arc<Self>,
         d: &Deployed,
+        call: &Call,
         op: Value,
     ) -> Result<Value, String> {
         let user = d.namespace.as_str();
         let max = self.max_output();
-        let db = |e: crate::store::StoreError| format!("the database failed: {e}");
+        let db = |e: crate::store::StoreError| match e {
+            crate::store::StoreError::Quota(why) => why,
+            other => format!("the database failed: {other}"),
+        };
         match op.get("op").and_then(Value::as_str).unwrap_or("") {
             "state_size" => {
                 let key = str_arg(&op, "key")?;
@@ -188,7 +212,7 @@ impl Functions {
                     .map_err(db)?;
                 Ok(Value::Null)
             }
-            "chain" => self.chain(d, &op).await,
+            "chain" => self.chain(d, call, &op).await,
             "await" => {
                 let id = num_arg(&op, "id")?.ok_or("`id` must be a call id")?;
                 let id = i64::try_from(id).map_err(|_| format!("no call {id}"))?;
@@ -209,6 +233,13 @@ impl Functions {
                 if !mine {
                     return Err(format!("no call {id} of user {user}"));
                 }
+                // This call holds its worker while it waits: the awaited call's function may
+                // start one container more (see `Pool::enter_await`) for as long as it does.
+                let _blocked = record
+                    .as_ref()
+                    .and_then(|r| r.function.as_ref())
+                    .and_then(|f| self.get(&f.namespace, &f.name))
+                    .map(|awaited| AwaitGuard::enter(self, awaited));
                 let ended = self
                     .runner()
                     .wait_ended(events, task, Duration::from_secs(u64::from(u32::MAX)))
@@ -221,11 +252,23 @@ impl Functions {
         }
     }
 
-    /// `chain`: a new invocation of `d`'s function running another function of its file.
-    async fn chain(self: &Arc<Self>, d: &Deployed, op: &Value) -> Result<Value, String> {
+    /// `chain`: a new invocation of `d`'s function running another function of its file,
+    /// one level deeper than `caller` (at most [`MAX_CHAIN_DEPTH`]).
+    async fn chain(
+        self: &Arc<Self>,
+        d: &Deployed,
+        caller: &Call,
+        op: &Value,
+    ) -> Result<Value, String> {
         if !d.is_faasm() {
             return Err(format!(
                 "chained calls need a Faasm function (handler entry {FAASM_ENTRY})"
+            ));
+        }
+        let depth = chain_depth(&caller.headers);
+        if depth >= MAX_CHAIN_DEPTH {
+            return Err(format!(
+                "chains go at most {MAX_CHAIN_DEPTH} calls deep: this call is {depth} deep and may not chain"
             ));
         }
         let header = match (op.get("entry").and_then(Value::as_str), num_arg(op, "idx")?) {
@@ -240,7 +283,7 @@ impl Functions {
             method: "POST".into(),
             path: "/".into(),
             query: Vec::new(),
-            headers: vec![header],
+            headers: vec![header, (DEPTH_HEADER.to_string(), (depth + 1).to_string())],
             has_body: true,
             body: Bytes::from(input),
         };
@@ -271,8 +314,11 @@ impl Functions {
     }
 
     /// Places the Faasm files (`PUT /file`) that `container` of `d` lacks: at its start,
-    /// and before each call, so a call sees every file uploaded before it began. A failure
-    /// is logged (the call runs without them) and tried again at the next call.
+    /// and before each call, so a call sees every file uploaded before it began. A file
+    /// that cannot be placed there (outside the writable roots under `--read-only-root`,
+    /// one that would replace a file of `d`'s own bundle, one Docker refuses) is logged and
+    /// passed over, once: it never holds back the files after it. When Docker does not
+    /// answer, the call runs without the new files, and the next call tries again.
     pub(super) async fn place_faasm_files(&self, d: &Deployed, container: &WarmContainer) {
         if !d.is_faasm() {
             return;
@@ -288,34 +334,138 @@ impl Functions {
         if newest <= have {
             return;
         }
-        let placed = async {
-            let files = self
-                .store()
-                .faasm_files_after(have)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut tar = crate::resources::TarWriter::new();
-            let mut seq = have;
-            for f in &files {
-                // Read-only: owned by root, and no capability to override its mode.
-                tar.file(&f.path, &f.data, 0o444)
-                    .map_err(|e| e.to_string())?;
-                seq = seq.max(f.seq);
-            }
-            let tar = tar.finish().map_err(|e| e.to_string())?;
-            self.runner()
-                .place_function_files(&container.id, tar, CODE_DIR)
-                .await?;
-            Ok::<i64, String>(seq)
-        };
-        match placed.await {
-            Ok(seq) => {
-                container.files_seq.fetch_max(seq, Ordering::Relaxed);
-            }
+        let files = match self.store().faasm_files_after(have).await {
+            Ok(f) => f,
             Err(e) => {
-                tracing::warn!(function = %d.full_name(), container = %container.id, error = %e, "placing the Faasm files failed")
+                tracing::warn!(error = %e, "reading the Faasm files failed");
+                return;
+            }
+        };
+        let read_only_root = self.runner().config().read_only_root;
+        let skip = |f: &FaasmFile, why: &str| tracing::warn!(function = %d.full_name(), container = %container.id, path = %f.path, "a Faasm file is not placed: {why}");
+        let mut batch = Vec::new();
+        for f in &files {
+            if let Err(why) = placeable(&f.path, read_only_root) {
+                skip(f, &why);
+            } else if let Some(own) = bundle_collision(&f.path, &d.spec.files) {
+                skip(
+                    f,
+                    &format!("it would replace `{own}` of the function's own code"),
+                );
+            } else {
+                batch.push(f);
             }
         }
+        // Every file is placed or passed over up to `done`.
+        let mut done = files.iter().map(|f| f.seq).max().unwrap_or(have);
+        match self.place_files(container, &batch).await {
+            Ok(()) => {}
+            Err(PlaceError::Unavailable(e)) => {
+                tracing::warn!(function = %d.full_name(), container = %container.id, error = %e, "placing the Faasm files failed");
+                done = have;
+            }
+            // One of them is refused: each on its own, so the others still arrive.
+            Err(PlaceError::Refused(e)) if batch.len() == 1 => skip(batch[0], &e),
+            Err(PlaceError::Refused(_)) => {
+                for f in &batch {
+                    match self.place_files(container, std::slice::from_ref(f)).await {
+                        Ok(()) => {}
+                        Err(PlaceError::Refused(e)) => skip(f, &e),
+                        Err(PlaceError::Unavailable(e)) => {
+                            tracing::warn!(function = %d.full_name(), container = %container.id, error = %e, "placing the Faasm files failed");
+                            done = files
+                                .iter()
+                                .map(|g| g.seq)
+                                .filter(|s| *s < f.seq)
+                                .max()
+                                .unwrap_or(have);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        container.files_seq.fetch_max(done, Ordering::Relaxed);
+    }
+
+    /// Places `files` in `container` in one archive.
+    async fn place_files(
+        &self,
+        container: &WarmContainer,
+        files: &[&FaasmFile],
+    ) -> Result<(), PlaceError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut tar = crate::resources::TarWriter::new();
+        for f in files {
+            // Owned by root, mode 0444 (what that keeps from whom: README, "Coming from Faasm").
+            tar.file(&f.path, &f.data, 0o444)
+                .map_err(|e| PlaceError::Refused(e.to_string()))?;
+        }
+        let tar = tar
+            .finish()
+            .map_err(|e| PlaceError::Refused(e.to_string()))?;
+        self.runner()
+            .place_function_files(&container.id, tar, CODE_DIR)
+            .await
+    }
+}
+
+/// Whether the server can place a file at `path` (absolute): under `--read-only-root`
+/// only `/tmp` and the function directory take files.
+pub fn placeable(path: &str, read_only_root: bool) -> Result<(), String> {
+    if !read_only_root {
+        return Ok(());
+    }
+    let roots: Vec<String> = writable_roots(CODE_DIR)
+        .into_iter()
+        .filter(|r| !r.starts_with("/.ufaas"))
+        .collect();
+    if roots.iter().any(|r| path.starts_with(&format!("{r}/"))) {
+        return Ok(());
+    }
+    Err(format!(
+        "the server runs containers with a read-only root: files can only be placed under {}",
+        roots.join(" and ")
+    ))
+}
+
+/// The entry of `bundle` (paths relative to [`CODE_DIR`]) that a file at `path` would
+/// replace or reach through: the same path, a file or link above it, or a directory it
+/// would turn into a file.
+pub fn bundle_collision<'a>(path: &str, bundle: &'a [BundleFile]) -> Option<&'a str> {
+    let rel = path.strip_prefix(CODE_DIR)?.strip_prefix('/')?;
+    bundle
+        .iter()
+        .map(|(p, _, mode)| (p.as_str(), *mode))
+        .find_map(|(p, mode)| {
+            let p_trim = p.trim_end_matches('/');
+            let same = rel == p_trim;
+            let below =
+                rel.starts_with(&format!("{p_trim}/")) && entry_kind(mode) != EntryKind::Dir;
+            let above = p_trim.starts_with(&format!("{rel}/"));
+            (same || below || above).then_some(p)
+        })
+}
+
+/// A caller blocked in `await_call` on a call of `awaited`, for as long as it lives (a
+/// call cut short by its timeout drops it too).
+struct AwaitGuard {
+    awaited: Arc<Deployed>,
+}
+
+impl AwaitGuard {
+    fn enter(functions: &Arc<Functions>, awaited: Arc<Deployed>) -> AwaitGuard {
+        let todo = awaited.pool.enter_await();
+        functions.act(&awaited, todo);
+        AwaitGuard { awaited }
+    }
+}
+
+impl Drop for AwaitGuard {
+    fn drop(&mut self) {
+        self.awaited.pool.leave_await();
     }
 }
 
@@ -329,6 +479,56 @@ mod tests {
         assert_eq!(window(b"abc", 1, 4), b"bc\0\0");
         assert_eq!(window(b"abc", 5, 2), b"\0\0");
         assert_eq!(window(b"", 0, 0), b"");
+    }
+
+    #[test]
+    fn the_chain_depth_is_read_from_the_headers() {
+        let h = |v: &str| vec![("x-faasm-depth".to_string(), v.to_string())];
+        assert_eq!(chain_depth(&[]), 0);
+        assert_eq!(chain_depth(&h("3")), 3);
+        assert_eq!(chain_depth(&h("-1")), 0);
+        assert_eq!(chain_depth(&h("many")), 0);
+    }
+
+    #[test]
+    fn under_a_read_only_root_only_tmp_and_the_function_directory_take_files() {
+        for ok in ["/tmp/x", "/function/a/b.txt"] {
+            assert!(placeable(ok, true).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/data/x",
+            "/tmp",
+            "/functionx/y",
+            "/.ufaas/x",
+            "/etc/passwd",
+        ] {
+            assert!(placeable(bad, true).is_err(), "{bad}");
+            assert!(placeable(bad, false).is_ok(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_file_never_replaces_the_functions_own_code() {
+        let bundle: Vec<BundleFile> = vec![
+            ("fn.py".into(), b"code".to_vec(), 0o100644),
+            ("lib".into(), Vec::new(), 0o040755),
+            ("lib/util.py".into(), b"code".to_vec(), 0o100644),
+            ("data".into(), b"/etc".to_vec(), 0o120777),
+        ];
+        let hit = |p: &str| bundle_collision(p, &bundle);
+        assert_eq!(hit("/function/fn.py"), Some("fn.py"));
+        assert_eq!(hit("/function/lib/util.py"), Some("lib/util.py"));
+        assert_eq!(hit("/function/lib"), Some("lib"));
+        assert_eq!(hit("/function/fn.py/x"), Some("fn.py"));
+        assert_eq!(hit("/function/data/passwd"), Some("data"));
+        for free in [
+            "/function/lib/new.txt",
+            "/function/other.txt",
+            "/data/fn.py",
+            "/functionx/fn.py",
+        ] {
+            assert_eq!(hit(free), None, "{free}");
+        }
     }
 
     #[test]

@@ -536,7 +536,8 @@ impl Functions {
                             // The handler waits for the answer on its stdin (see `host`).
                             Message::Host { id, op } if id == n => {
                                 let done =
-                                    tokio::time::timeout_at(deadline, self.host_op(d, op)).await;
+                                    tokio::time::timeout_at(deadline, self.host_op(d, call, op))
+                                        .await;
                                 let Ok(reply) = done else {
                                     let _ = w.container.agent.kill(rt.job, 9).await;
                                     ran.healthy = false;

@@ -8,7 +8,8 @@
 //! each invocation is one agent job (`fn.sh` with the input on its stdin).
 //!
 //! Calls take a free worker; when none is free they wait in order (at most `max_queue`), and
-//! more containers are started, up to `max_containers`, while calls wait. Containers above
+//! more containers are started, up to `max_containers`, while calls wait (one more per call
+//! that holds a worker while it awaits a chained call, see [`Pool::enter_await`]). Containers above
 //! `warm` are removed once idle past `--keep-alive`. A worker whose process crashed, or whose
 //! call ran past its timeout, breaks its container: it takes no more calls, and is replaced
 //! (and removed once its other calls end).
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::protocol::{self, Message};
+use super::spec::MAX_CONTAINERS;
 use crate::agent::{Agent, JobEvent, JobRequest};
 use crate::model::Stream;
 
@@ -284,6 +286,8 @@ struct PoolState {
     idle: VecDeque<Lease>,
     waiters: VecDeque<Waiter>,
     starting: usize,
+    /// Calls holding a worker while they wait in `await_call` for a call of this pool.
+    blocked: usize,
     retired: bool,
     last_error: Option<String>,
 }
@@ -386,13 +390,11 @@ impl Pool {
         (rx, todo)
     }
 
-    /// Joins the queue for a call made by a call that holds a worker of this pool and waits
-    /// for it (Faasm's `chain` then `await_call`). Such a call goes first, and when no worker
-    /// is free it starts one more container even past `max_containers`: waiting for a worker
-    /// its own caller holds would never end (a function with `max_containers` 1 chaining
-    /// itself). Up to `max_containers + max_queue` in all, so a function chaining without end
-    /// cannot start containers without end. Containers above `warm` go once idle past
-    /// `--keep-alive`, as any others.
+    /// Joins the queue for a call made by a running call of this pool (Faasm's `chain`).
+    /// Such a call goes first but starts no container past `max_containers` by itself: only
+    /// a caller blocked waiting for it ([`Self::enter_await`]) lets the pool go past, one
+    /// container per blocked caller, so a function chaining without end cannot start
+    /// containers without end.
     pub fn enqueue_nested(&self) -> (oneshot::Receiver<Result<Lease, LeaseError>>, Todo) {
         let (tx, rx) = oneshot::channel();
         let mut st = self.lock();
@@ -410,20 +412,37 @@ impl Pool {
             return (rx, Todo::default());
         }
         st.waiters.push_front(tx);
-        let live = st.containers.iter().filter(|c| !c.is_broken()).count();
-        let cap = self
-            .sizes
-            .max_containers
-            .saturating_add(self.sizes.max_queue as usize);
-        let start = usize::from(live + st.starting < cap);
-        st.starting += start;
-        (
-            rx,
-            Todo {
-                start,
-                remove: Vec::new(),
-            },
-        )
+        let todo = self.scale_up(&mut st);
+        (rx, todo)
+    }
+
+    /// A call holding a worker starts waiting for a call of this pool (Faasm's
+    /// `await_call`): while it waits the pool may run one container more than
+    /// `max_containers` (never more than [`MAX_CONTAINERS`] in all), since waiting for the
+    /// worker it holds would never end (a function with `max_containers` 1 chaining itself).
+    /// Returns the containers to start; [`Self::leave_await`] when the wait ends. Containers
+    /// above `warm` go once idle past `--keep-alive`, as any others.
+    pub fn enter_await(&self) -> Todo {
+        let mut st = self.lock();
+        st.blocked += 1;
+        if st.retired {
+            return Todo::default();
+        }
+        self.scale_up(&mut st)
+    }
+
+    /// The wait of [`Self::enter_await`] ended.
+    pub fn leave_await(&self) {
+        let mut st = self.lock();
+        st.blocked = st.blocked.saturating_sub(1);
+    }
+
+    /// How many containers the pool may have now: `max_containers`, plus one per caller
+    /// blocked in `await_call`, up to [`MAX_CONTAINERS`].
+    fn cap(&self, st: &PoolState) -> usize {
+        let most = usize::try_from(MAX_CONTAINERS).unwrap_or(usize::MAX);
+        let max = self.sizes.max_containers;
+        max.max(max.saturating_add(st.blocked).min(most))
     }
 
     /// The containers of the pool that take calls.
@@ -439,7 +458,7 @@ impl Pool {
     /// More containers while calls wait that the starting ones will not serve.
     fn scale_up(&self, st: &mut PoolState) -> Todo {
         let live = st.containers.iter().filter(|c| !c.is_broken()).count();
-        let room = self.sizes.max_containers.saturating_sub(live + st.starting);
+        let room = self.cap(st).saturating_sub(live + st.starting);
         let unserved = st
             .waiters
             .len()
@@ -526,7 +545,7 @@ impl Pool {
                 let want = self.sizes.warm.max(usize::from(!st.waiters.is_empty()));
                 let start = want
                     .saturating_sub(live + st.starting)
-                    .min(self.sizes.max_containers.saturating_sub(live + st.starting));
+                    .min(self.cap(&st).saturating_sub(live + st.starting));
                 st.starting += start;
                 todo.start = start;
                 let more = self.scale_up(&mut st);
@@ -609,33 +628,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_nested_call_may_pass_max_containers() {
+    fn nested_calls_pass_max_containers_only_for_blocked_callers() {
         let pool = Pool::new(Sizes {
             warm: 1,
             max_containers: 1,
             concurrency: 1,
-            max_queue: 10,
+            max_queue: 10_000,
         });
         assert_eq!(pool.fill().start, 1);
-        // The one container is starting: a plain call waits for it and starts none.
-        let (_plain, todo) = pool.enqueue();
+        // The one container is starting: chained calls wait for it and start none, however
+        // many there are (the queue, not the containers, takes them).
+        let mut waiting = Vec::new();
+        for _ in 0..200 {
+            let (rx, todo) = pool.enqueue_nested();
+            assert_eq!(todo.start, 0);
+            waiting.push(rx);
+        }
+        assert_eq!(pool.counts().starting, 1);
+        // A caller blocked in await_call lets one more container start.
+        assert_eq!(pool.enter_await().start, 1);
+        assert_eq!(pool.counts().starting, 2);
+        // Never more than MAX_CONTAINERS in all, however many callers block.
+        let mut started = 2;
+        for _ in 0..200 {
+            started += pool.enter_await().start;
+        }
+        assert_eq!(started as u64, MAX_CONTAINERS);
+        assert_eq!(pool.counts().starting as u64, MAX_CONTAINERS);
+        // Once they stop waiting, nested calls start none past max_containers again.
+        for _ in 0..201 {
+            pool.leave_await();
+        }
+        let (_rx, todo) = pool.enqueue_nested();
         assert_eq!(todo.start, 0);
-        // A call whose caller holds a worker starts one more, past max_containers.
-        let (_nested, todo) = pool.enqueue_nested();
-        assert_eq!(todo.start, 1);
-        let c = pool.counts();
-        assert_eq!((c.starting, c.waiting), (2, 2));
-        // Up to max_containers + max_queue containers (here 1 + 2, and 3 are starting):
-        // then a nested call waits like any other.
-        let full = Pool::new(Sizes {
-            warm: 3,
-            max_containers: 1,
-            concurrency: 1,
-            max_queue: 2,
-        });
-        assert_eq!(full.fill().start, 3);
-        let (_waits, todo) = full.enqueue_nested();
-        assert_eq!(todo.start, 0);
-        assert_eq!(full.counts().waiting, 1);
     }
 }

@@ -26,6 +26,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::QueueFull(n) => ApiError::from(RunnerError::QueueFull(n)),
+            StoreError::Quota(why) => ApiError::new(Code::PayloadTooLarge, why),
             other => {
                 tracing::error!(error = %other, "database error");
                 ApiError::new(Code::DatabaseUnavailable, other.to_string())

@@ -488,8 +488,8 @@ impl Runner {
         cid: &str,
         tar: Vec<u8>,
         workdir: &str,
-    ) -> Result<(), String> {
-        self.place_files(cid, tar, workdir).await
+    ) -> Result<(), PlaceError> {
+        self.place_files_as(cid, tar, workdir).await
     }
 
     /// Removes a function's container (crate::functions), now or, when Docker is away,
@@ -703,19 +703,32 @@ impl Runner {
     /// Uploads a task's files: one tar at `/`, or with a read-only root one tar per writable
     /// volume (the only places Docker will unpack into then).
     async fn place_files(&self, cid: &str, tar: Vec<u8>, workdir: &str) -> Result<(), String> {
+        self.place_files_as(cid, tar, workdir)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// [`Self::place_files`], saying whether placing the same files again could work.
+    async fn place_files_as(
+        &self,
+        cid: &str,
+        tar: Vec<u8>,
+        workdir: &str,
+    ) -> Result<(), PlaceError> {
+        let docker = |e: crate::docker::DockerError| match e {
+            crate::docker::DockerError::Api(why) => PlaceError::Refused(why),
+            other => PlaceError::Unavailable(other.to_string()),
+        };
         if !self.hardening.read_only_root {
-            return self
-                .engine
-                .upload(cid, tar)
-                .await
-                .map_err(|e| e.to_string());
+            return self.engine.upload(cid, tar).await.map_err(docker);
         }
         let roots: Vec<String> = writable_roots(workdir);
-        for (root, part) in resources::split_by_root(&tar, &roots)? {
+        let parts = resources::split_by_root(&tar, &roots).map_err(PlaceError::Refused)?;
+        for (root, part) in parts {
             self.engine
                 .upload_at(cid, &root, part)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(docker)?;
         }
         Ok(())
     }
@@ -851,7 +864,21 @@ fn verdict(stop: Option<Stop>, facts: Facts, limits: &Limits, outcome: &mut Outc
 }
 
 /// What stays writable under `--read-only-root`.
-fn writable_roots(workdir: &str) -> Vec<String> {
+/// Why files could not be placed in a running container.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlaceError {
+    /// The files were refused (a path outside the writable roots, an archive Docker would
+    /// not unpack there): placing them again would fail again.
+    #[error("{0}")]
+    Refused(String),
+    /// Docker did not answer, or the container is gone: later may work.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Where files can be placed in a container with a read-only root (`workdir` is its
+/// working directory).
+pub(crate) fn writable_roots(workdir: &str) -> Vec<String> {
     let mut roots: Vec<String> = ["/tmp", "/.ufaas", workdir]
         .into_iter()
         .filter(|p| *p != "/")

@@ -31,7 +31,7 @@ use crate::store::{NewTask, Store, StoreError, UpdateResult};
 
 use containers::Containers;
 pub use error::RunnerError;
-pub(crate) use execute::ContainerPlan;
+pub(crate) use execute::{writable_roots, ContainerPlan, PlaceError};
 
 /// Bytes of parsed specs kept for queued tasks (past it, a spec is parsed again when its task
 /// runs). Small: a deep queue of small specs is cheap to parse again, and the bench's 10,000

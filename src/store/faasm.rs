@@ -1,8 +1,62 @@
 //! The SQL of Faasm's API (API.md section 6): state values per user and key, the numeric
 //! call ids Faasm's clients poll (each mapped to its task), and the files of `PUT /file`.
+//!
+//! State is written by untrusted code, so each user's has a quota ([`STATE_KEYS_MAX`] keys,
+//! [`STATE_BYTES_MAX`] bytes); the files of `PUT /file` are all read at each Faasm
+//! container's start, so their total is capped too ([`FILES_BYTES_MAX`]). A write past a
+//! limit is refused whole ([`StoreError::Quota`]).
 
 use super::{Store, StoreError};
 use crate::model::{now_rfc3339, TaskId};
+
+/// The most state keys one user (namespace) may have.
+pub const STATE_KEYS_MAX: u64 = 10_000;
+/// The most bytes of state values one user may have, all keys together.
+pub const STATE_BYTES_MAX: u64 = 1 << 30;
+/// The most bytes of `PUT /file` files, all paths together.
+pub const FILES_BYTES_MAX: u64 = 256 << 20;
+
+/// Limits of what is stored, as counted by [`over_quota`].
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+/// Each user's state.
+pub const STATE_QUOTA: Quota = Quota {
+    keys: STATE_KEYS_MAX,
+    bytes: STATE_BYTES_MAX,
+};
+/// The files of `PUT /file` (any number of paths).
+pub const FILES_QUOTA: Quota = Quota {
+    keys: u64::MAX,
+    bytes: FILES_BYTES_MAX,
+};
+
+/// Why a write of `len` bytes is refused when the other entries (all but the one written)
+/// are `others` in number and `others_bytes` in size; `what` names them in the message.
+pub fn over_quota(
+    quota: Quota,
+    others: u64,
+    others_bytes: u64,
+    len: u64,
+    what: &str,
+) -> Option<String> {
+    if others.saturating_add(1) > quota.keys {
+        return Some(format!(
+            "{what} holds {others} keys, the most it may: write to one of them, or delete some"
+        ));
+    }
+    if others_bytes.saturating_add(len) > quota.bytes {
+        return Some(format!(
+            "{what} would hold {} bytes, past its limit of {}",
+            others_bytes.saturating_add(len),
+            quota.bytes
+        ));
+    }
+    None
+}
 
 /// A file uploaded with `PUT /file`.
 #[derive(Debug, Clone)]
@@ -24,25 +78,29 @@ impl Store {
         Ok(row.map(|r| r.0))
     }
 
-    /// Replaces the whole value of `user`/`key`.
+    /// Replaces the whole value of `user`/`key` (within the user's quota).
     pub async fn put_faasm_state(
         &self,
         user: &str,
         key: &str,
         value: &[u8],
     ) -> Result<(), StoreError> {
+        self.put_faasm_state_within(user, key, value, STATE_QUOTA)
+            .await
+    }
+
+    async fn put_faasm_state_within(
+        &self,
+        user: &str,
+        key: &str,
+        value: &[u8],
+        quota: Quota,
+    ) -> Result<(), StoreError> {
         let _w = self.writer().await;
-        sqlx::query(
-            "INSERT INTO faasm_state (user, key, value, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (user, key) DO UPDATE SET value = excluded.value, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(user)
-        .bind(key)
-        .bind(value)
-        .bind(now_rfc3339())
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin().await?;
+        state_quota(&mut tx, user, key, value.len(), quota).await?;
+        upsert_state(&mut tx, user, key, value).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -66,17 +124,8 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         let value = splice(row.map(|r| r.0).unwrap_or_default(), total, offset, data);
-        sqlx::query(
-            "INSERT INTO faasm_state (user, key, value, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (user, key) DO UPDATE SET value = excluded.value, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(user)
-        .bind(key)
-        .bind(&value)
-        .bind(now_rfc3339())
-        .execute(&mut *tx)
-        .await?;
+        state_quota(&mut tx, user, key, value.len(), STATE_QUOTA).await?;
+        upsert_state(&mut tx, user, key, &value).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -107,10 +156,37 @@ impl Store {
         }
     }
 
-    /// Stores (or replaces) the file at `path`; returns its `seq`, above every earlier one.
+    /// Stores (or replaces) the file at `path` (within [`FILES_BYTES_MAX`] in all); returns
+    /// its `seq`, above every earlier one.
     pub async fn put_faasm_file(&self, path: &str, data: &[u8]) -> Result<i64, StoreError> {
+        self.put_faasm_file_within(path, data, FILES_QUOTA).await
+    }
+
+    async fn put_faasm_file_within(
+        &self,
+        path: &str,
+        data: &[u8],
+        quota: Quota,
+    ) -> Result<i64, StoreError> {
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await?;
+        let (others, others_bytes): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM faasm_files WHERE path != ?",
+        )
+        .bind(path)
+        .fetch_one(&mut *tx)
+        .await?;
+        let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        let counted = |n: i64| u64::try_from(n).unwrap_or(0);
+        if let Some(why) = over_quota(
+            quota,
+            counted(others),
+            counted(others_bytes),
+            len,
+            "the files of PUT /file",
+        ) {
+            return Err(StoreError::Quota(why));
+        }
         let (seq,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(seq), 0) + 1 FROM faasm_files")
             .fetch_one(&mut *tx)
             .await?;
@@ -160,6 +236,57 @@ impl Store {
     }
 }
 
+/// Refuses (inside `tx`) a value of `len` bytes for `user`/`key` past the user's quota.
+async fn state_quota(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    user: &str,
+    key: &str,
+    len: usize,
+    quota: Quota,
+) -> Result<(), StoreError> {
+    // LENGTH of a blob is read from its header, not its bytes.
+    let (others, others_bytes): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM faasm_state \
+         WHERE user = ? AND key != ?",
+    )
+    .bind(user)
+    .bind(key)
+    .fetch_one(&mut **tx)
+    .await?;
+    let counted = |n: i64| u64::try_from(n).unwrap_or(0);
+    let len = u64::try_from(len).unwrap_or(u64::MAX);
+    match over_quota(
+        quota,
+        counted(others),
+        counted(others_bytes),
+        len,
+        &format!("the state of user {user}"),
+    ) {
+        Some(why) => Err(StoreError::Quota(why)),
+        None => Ok(()),
+    }
+}
+
+async fn upsert_state(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    user: &str,
+    key: &str,
+    value: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO faasm_state (user, key, value, updated_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (user, key) DO UPDATE SET value = excluded.value, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(value)
+    .bind(now_rfc3339())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// `value` made at least `total` bytes long (zeros added), with `data` written at `offset`
 /// (the value grows when `data` ends past it).
 pub fn splice(mut value: Vec<u8>, total: usize, offset: usize, data: &[u8]) -> Vec<u8> {
@@ -172,7 +299,75 @@ pub fn splice(mut value: Vec<u8>, total: usize, offset: usize, data: &[u8]) -> V
 
 #[cfg(test)]
 mod tests {
-    use super::splice;
+    use super::*;
+    use crate::events::Events;
+
+    #[test]
+    fn a_write_past_the_quota_is_refused() {
+        let q = Quota {
+            keys: 3,
+            bytes: 100,
+        };
+        assert_eq!(over_quota(q, 2, 50, 50, "s"), None);
+        assert!(over_quota(q, 3, 0, 1, "s").is_some_and(|m| m.contains("3 keys")));
+        assert!(over_quota(q, 0, 60, 41, "s").is_some_and(|m| m.contains("101 bytes")));
+        assert_eq!(over_quota(STATE_QUOTA, 9_999, 0, 1 << 20, "s"), None);
+        assert!(over_quota(STATE_QUOTA, 10_000, 0, 0, "s").is_some());
+        assert!(over_quota(STATE_QUOTA, 0, 1 << 30, 1, "s").is_some());
+        assert!(over_quota(FILES_QUOTA, 1 << 40, (256 << 20) - 1, 2, "f").is_some());
+    }
+
+    #[tokio::test]
+    async fn the_store_keeps_each_users_state_and_the_files_within_their_quota() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(&dir.path().join("q.db"), Events::new(16))
+            .await
+            .expect("store");
+        let q = Quota { keys: 2, bytes: 10 };
+        store
+            .put_faasm_state_within("u", "a", b"12345", q)
+            .await
+            .expect("a");
+        store
+            .put_faasm_state_within("u", "b", b"123", q)
+            .await
+            .expect("b");
+        // A third key, or more bytes in all, is refused; replacing within them is not.
+        let third = store.put_faasm_state_within("u", "c", b"", q).await;
+        assert!(matches!(third, Err(StoreError::Quota(_))), "{third:?}");
+        let big = store.put_faasm_state_within("u", "b", b"123456", q).await;
+        assert!(matches!(big, Err(StoreError::Quota(_))), "{big:?}");
+        store
+            .put_faasm_state_within("u", "b", b"12345", q)
+            .await
+            .expect("b again");
+        // Another user's state is counted apart.
+        store
+            .put_faasm_state_within("v", "c", b"1234567890", q)
+            .await
+            .expect("v");
+        assert_eq!(store.faasm_state("u", "c").await.expect("read"), None);
+        assert_eq!(
+            store.faasm_state("u", "b").await.expect("read"),
+            Some(b"12345".to_vec())
+        );
+
+        let fq = Quota {
+            keys: u64::MAX,
+            bytes: 8,
+        };
+        store
+            .put_faasm_file_within("/a", b"1234", fq)
+            .await
+            .expect("a");
+        let over = store.put_faasm_file_within("/b", b"12345", fq).await;
+        assert!(matches!(over, Err(StoreError::Quota(_))), "{over:?}");
+        store
+            .put_faasm_file_within("/a", b"12345678", fq)
+            .await
+            .expect("replace");
+        assert_eq!(store.faasm_files_seq().await.expect("seq"), 2);
+    }
 
     #[test]
     fn splice_writes_at_the_offset_and_pads_with_zeros() {

@@ -27,6 +27,9 @@ pub enum StoreError {
     QueueFull(u32),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A write past a limit of what may be stored (`faasm`'s quotas): why.
+    #[error("{0}")]
+    Quota(String),
 }
 
 #[derive(sqlx::FromRow)]
