@@ -370,24 +370,7 @@ impl Pool {
     /// Joins the queue for a worker (a free one is taken at once). The returned `Todo` says
     /// how many containers to start for the queue.
     pub fn enqueue(&self) -> (oneshot::Receiver<Result<Lease, LeaseError>>, Todo) {
-        let (tx, rx) = oneshot::channel();
-        let mut st = self.lock();
-        if st.retired {
-            let _ = tx.send(Err(LeaseError::Retired));
-            return (rx, Todo::default());
-        }
-        if let Some(w) = Self::pop_idle(&mut st) {
-            let _ = tx.send(Ok(w));
-            return (rx, Todo::default());
-        }
-        st.waiters.retain(|w| !w.is_closed());
-        if st.waiters.len() >= self.sizes.max_queue as usize {
-            let _ = tx.send(Err(LeaseError::QueueFull(self.sizes.max_queue)));
-            return (rx, Todo::default());
-        }
-        st.waiters.push_back(tx);
-        let todo = self.scale_up(&mut st);
-        (rx, todo)
+        self.join_queue(false)
     }
 
     /// Joins the queue for a call made by a running call of this pool (Faasm's `chain`).
@@ -396,6 +379,11 @@ impl Pool {
     /// container per blocked caller, so a function chaining without end cannot start
     /// containers without end.
     pub fn enqueue_nested(&self) -> (oneshot::Receiver<Result<Lease, LeaseError>>, Todo) {
+        self.join_queue(true)
+    }
+
+    /// [`Self::enqueue`], at the queue's head when `first`.
+    fn join_queue(&self, first: bool) -> (oneshot::Receiver<Result<Lease, LeaseError>>, Todo) {
         let (tx, rx) = oneshot::channel();
         let mut st = self.lock();
         if st.retired {
@@ -411,7 +399,11 @@ impl Pool {
             let _ = tx.send(Err(LeaseError::QueueFull(self.sizes.max_queue)));
             return (rx, Todo::default());
         }
-        st.waiters.push_front(tx);
+        if first {
+            st.waiters.push_front(tx);
+        } else {
+            st.waiters.push_back(tx);
+        }
         let todo = self.scale_up(&mut st);
         (rx, todo)
     }
