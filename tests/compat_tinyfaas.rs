@@ -88,50 +88,6 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// A raw answer: status, headers, body text.
-struct Raw {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-}
-
-impl Raw {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or(Value::Null)
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    #[track_caller]
-    fn assert_error(&self, status: u16, code: &str, field: Option<&str>) {
-        let body = self.json();
-        assert_eq!(self.status, status, "status of {}", self.text);
-        assert_eq!(body["code"], code, "code of {}", self.text);
-        assert!(
-            body["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "message of {}",
-            self.text
-        );
-        if let Some(f) = field {
-            assert_eq!(body["field"], f, "field of {}", self.text);
-        }
-    }
-}
-
-async fn raw(req: reqwest::RequestBuilder) -> Raw {
-    let resp = req.send().await.expect("request");
-    Raw {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        text: resp.text().await.unwrap_or_default(),
-    }
-}
-
 /// A user agent of our own, to find in what the show-headers functions saw.
 const UA: &str = "compat-tinyfaas-test/1.0";
 

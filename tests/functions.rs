@@ -12,35 +12,6 @@ use tokio::time::Instant;
 
 use common::*;
 
-/// A raw answer: status, headers, body text.
-struct Raw {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-}
-
-impl Raw {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or(Value::Null)
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
-async fn raw(req: reqwest::RequestBuilder) -> Raw {
-    let resp = req.send().await.expect("request");
-    Raw {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        text: resp.text().await.unwrap_or_default(),
-    }
-}
-
 async fn deploy(s: &Server, name: &str, body: Value) -> Reply {
     s.put(&format!("/functions/{name}"), &body).await
 }

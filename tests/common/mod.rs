@@ -552,3 +552,48 @@ pub fn assert_ended(t: &Value, state: &str, says: &str) {
         "error should mention {says:?}: {t}"
     );
 }
+
+/// A raw answer: status, headers, body text.
+pub struct Raw {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Raw {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str, field: Option<&str>) {
+        let body = self.json();
+        assert_eq!(self.status, status, "status of {}", self.text);
+        assert_eq!(body["code"], code, "code of {}", self.text);
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "message of {}",
+            self.text
+        );
+        if let Some(f) = field {
+            assert_eq!(body["field"], f, "field of {}", self.text);
+        }
+    }
+}
+
+/// Sends `req` and keeps its answer as it came.
+pub async fn raw(req: reqwest::RequestBuilder) -> Raw {
+    let resp = req.send().await.expect("request");
+    Raw {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        text: resp.text().await.unwrap_or_default(),
+    }
+}
